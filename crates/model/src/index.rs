@@ -1,0 +1,639 @@
+//! The single-writer index every source feeds. Each call reports what it changed, so the
+//! server can push only what a change can affect; [`Index::snapshot`] publishes an immutable view.
+
+use crate::config::{
+    ConfigKey, ConfigKind, ConfigMeta, DestinationRuleConfig, RejectedConfig,
+    VirtualServiceConfig,
+};
+use crate::service::{Hostname, Service, service_fqdn};
+use crate::snapshot::Snapshot;
+use crate::workload::{Endpoint, EndpointGroup, Namespace, ObjectKey, Pod};
+use meshpilot_api::{DestinationRuleSpec, FieldError, VirtualServiceSpec};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Default DNS domain of a Kubernetes cluster.
+pub const DEFAULT_DOMAIN: &str = "cluster.local";
+
+/// The kinds of object the index holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Service,
+    Pod,
+    Namespace,
+    EndpointSlice,
+    Endpoints,
+    VirtualService,
+    DestinationRule,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Service,
+        Kind::Pod,
+        Kind::Namespace,
+        Kind::EndpointSlice,
+        Kind::Endpoints,
+        Kind::VirtualService,
+        Kind::DestinationRule,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::Pod => "Pod",
+            Kind::Namespace => "Namespace",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Endpoints => "Endpoints",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+        }
+    }
+}
+
+/// One object, already converted from its Kubernetes or YAML form.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Service(Service),
+    Pod(Pod),
+    Namespace(Namespace),
+    EndpointSlice(EndpointGroup),
+    /// A core/v1 Endpoints object, used for a service only when it has no EndpointSlice.
+    Endpoints(EndpointGroup),
+    VirtualService(ConfigMeta, VirtualServiceSpec),
+    DestinationRule(ConfigMeta, DestinationRuleSpec),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::Pod(_) => Kind::Pod,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Endpoints(_) => Kind::Endpoints,
+            Object::VirtualService(..) => Kind::VirtualService,
+            Object::DestinationRule(..) => Kind::DestinationRule,
+        }
+    }
+
+    /// Namespace and name; a Namespace object has an empty namespace.
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Object::Service(s) => ObjectKey::new(&s.namespace, &s.name),
+            Object::Pod(p) => p.key(),
+            Object::Namespace(n) => ObjectKey::new("", &n.name),
+            Object::EndpointSlice(g) | Object::Endpoints(g) => ObjectKey::new(&g.namespace, &g.name),
+            Object::VirtualService(m, _) | Object::DestinationRule(m, _) => {
+                ObjectKey::new(&m.namespace, &m.name)
+            }
+        }
+    }
+}
+
+/// What one or more index calls changed, by the keys a push decision needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// Services whose definition (ports, IPs, selector) changed, appeared or went away.
+    pub services: BTreeSet<Hostname>,
+    /// Services whose endpoint list changed.
+    pub endpoints: BTreeSet<Hostname>,
+    /// VirtualServices and DestinationRules changed, added, deleted or newly rejected.
+    pub configs: BTreeSet<ConfigKey>,
+    /// Pods whose labels, IPs or service account changed (their own sidecar may need a push).
+    pub pods: BTreeSet<ObjectKey>,
+    pub namespaces: BTreeSet<String>,
+    /// Kinds touched, for `pilot_inbound_updates{type}`-style accounting.
+    pub kinds: BTreeSet<Kind>,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+            && self.endpoints.is_empty()
+            && self.configs.is_empty()
+            && self.pods.is_empty()
+            && self.namespaces.is_empty()
+    }
+
+    pub fn merge(&mut self, other: ChangeSet) {
+        self.services.extend(other.services);
+        self.endpoints.extend(other.endpoints);
+        self.configs.extend(other.configs);
+        self.pods.extend(other.pods);
+        self.namespaces.extend(other.namespaces);
+        self.kinds.extend(other.kinds);
+    }
+
+    /// Only endpoint lists changed: an EDS-only push of those services suffices.
+    pub fn is_endpoints_only(&self) -> bool {
+        !self.endpoints.is_empty()
+            && self.services.is_empty()
+            && self.configs.is_empty()
+            && self.pods.is_empty()
+            && self.namespaces.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub struct Index {
+    domain: String,
+    services: BTreeMap<ObjectKey, Arc<Service>>,
+    pods: BTreeMap<ObjectKey, Arc<Pod>>,
+    pods_by_ip: HashMap<IpAddr, ObjectKey>,
+    namespaces: BTreeMap<String, Arc<Namespace>>,
+    slices: BTreeMap<ObjectKey, Arc<EndpointGroup>>,
+    endpoints_objects: BTreeMap<ObjectKey, Arc<EndpointGroup>>,
+    virtual_services: BTreeMap<ObjectKey, Arc<VirtualServiceConfig>>,
+    destination_rules: BTreeMap<ObjectKey, Arc<DestinationRuleConfig>>,
+    rejected: BTreeMap<ConfigKey, RejectedConfig>,
+    /// Joined endpoints per service (keyed by the service's namespace/name).
+    joined: BTreeMap<ObjectKey, Arc<Vec<Endpoint>>>,
+    version: u64,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index::new(DEFAULT_DOMAIN)
+    }
+}
+
+impl Index {
+    pub fn new(domain: &str) -> Self {
+        Index {
+            domain: domain.to_string(),
+            services: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            pods_by_ip: HashMap::new(),
+            namespaces: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            endpoints_objects: BTreeMap::new(),
+            virtual_services: BTreeMap::new(),
+            destination_rules: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            joined: BTreeMap::new(),
+            version: 0,
+        }
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    fn hostname(&self, key: &ObjectKey) -> Hostname {
+        service_fqdn(&key.name, &key.namespace, &self.domain).into()
+    }
+
+    /// Adds or replaces one object.
+    pub fn apply(&mut self, object: Object) -> ChangeSet {
+        let mut changes = ChangeSet::default();
+        changes.kinds.insert(object.kind());
+        let key = object.key();
+        match object {
+            Object::Service(mut svc) => {
+                svc.hostname = self.hostname(&key);
+                if self.services.get(&key).is_some_and(|old| **old == svc) {
+                    return ChangeSet::default();
+                }
+                changes.services.insert(svc.hostname.clone());
+                self.services.insert(key.clone(), Arc::new(svc));
+                self.rejoin(&key, &mut changes);
+            }
+            Object::Pod(pod) => {
+                let old = self.pods.get(&key).cloned();
+                if old.as_deref() == Some(&pod) {
+                    return ChangeSet::default();
+                }
+                if let Some(old) = &old {
+                    for ip in &old.ips {
+                        if self.pods_by_ip.get(ip) == Some(&key) {
+                            self.pods_by_ip.remove(ip);
+                        }
+                    }
+                }
+                for ip in &pod.ips {
+                    self.pods_by_ip.insert(*ip, key.clone());
+                }
+                let affected = self.services_referencing_pod(&pod, old.as_deref());
+                self.pods.insert(key.clone(), Arc::new(pod));
+                changes.pods.insert(key);
+                for svc in affected {
+                    self.rejoin(&svc, &mut changes);
+                }
+            }
+            Object::Namespace(ns) => {
+                if self.namespaces.get(&ns.name).is_some_and(|old| **old == ns) {
+                    return ChangeSet::default();
+                }
+                changes.namespaces.insert(ns.name.clone());
+                self.namespaces.insert(ns.name.clone(), Arc::new(ns));
+            }
+            Object::EndpointSlice(group) | Object::Endpoints(group) => {
+                let is_slice = matches!(changes.kinds.first(), Some(Kind::EndpointSlice));
+                let map = if is_slice {
+                    &mut self.slices
+                } else {
+                    &mut self.endpoints_objects
+                };
+                let old = map.insert(key.clone(), Arc::new(group.clone()));
+                if old.as_deref() == Some(&group) {
+                    return ChangeSet::default();
+                }
+                let mut services = BTreeSet::from([ObjectKey::new(&group.namespace, &group.service_name)]);
+                if let Some(old) = old {
+                    services.insert(ObjectKey::new(&old.namespace, &old.service_name));
+                }
+                for svc in services {
+                    self.rejoin(&svc, &mut changes);
+                }
+            }
+            Object::VirtualService(meta, spec) => {
+                let result = VirtualServiceConfig::new(meta, spec, &self.domain);
+                self.apply_config(ConfigKind::VirtualService, key, result, &mut changes);
+            }
+            Object::DestinationRule(meta, spec) => {
+                let result = DestinationRuleConfig::new(meta, spec, &self.domain);
+                self.apply_config(ConfigKind::DestinationRule, key, result, &mut changes);
+            }
+        }
+        changes
+    }
+
+    fn apply_config<C: IndexedConfig>(
+        &mut self,
+        kind: ConfigKind,
+        key: ObjectKey,
+        result: Result<C, Vec<FieldError>>,
+        changes: &mut ChangeSet,
+    ) {
+        let config_key = ConfigKey {
+            kind,
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        };
+        match result {
+            Ok(config) => {
+                let was_rejected = self.rejected.remove(&config_key).is_some();
+                let map = C::map(self);
+                if map.get(&key).is_some_and(|old| **old == config) && !was_rejected {
+                    return;
+                }
+                map.insert(key, Arc::new(config));
+                changes.configs.insert(config_key);
+            }
+            Err(errors) => {
+                let rejected = RejectedConfig {
+                    key: config_key.clone(),
+                    errors,
+                };
+                // The last valid version (if any) stays in effect, as it would have behind
+                // Istio's validating webhook.
+                tracing::warn!(
+                    kind = kind.kind_name(),
+                    namespace = %key.namespace,
+                    name = %key.name,
+                    reason = %rejected,
+                    "invalid config rejected; keeping the last valid version"
+                );
+                if self.rejected.get(&config_key) != Some(&rejected) {
+                    changes.configs.insert(config_key.clone());
+                }
+                self.rejected.insert(config_key, rejected);
+            }
+        }
+    }
+
+    /// Removes one object; deleting something unknown changes nothing.
+    pub fn delete(&mut self, kind: Kind, key: &ObjectKey) -> ChangeSet {
+        let mut changes = ChangeSet::default();
+        changes.kinds.insert(kind);
+        match kind {
+            Kind::Service => {
+                if self.services.remove(key).is_some() {
+                    changes.services.insert(self.hostname(key));
+                    if self.joined.remove(key).is_some() {
+                        changes.endpoints.insert(self.hostname(key));
+                    }
+                }
+            }
+            Kind::Pod => {
+                if let Some(old) = self.pods.remove(key) {
+                    for ip in &old.ips {
+                        if self.pods_by_ip.get(ip) == Some(key) {
+                            self.pods_by_ip.remove(ip);
+                        }
+                    }
+                    changes.pods.insert(key.clone());
+                    for svc in self.services_referencing_pod(&old, None) {
+                        self.rejoin(&svc, &mut changes);
+                    }
+                }
+            }
+            Kind::Namespace => {
+                if self.namespaces.remove(&key.name).is_some() {
+                    changes.namespaces.insert(key.name.clone());
+                }
+            }
+            Kind::EndpointSlice | Kind::Endpoints => {
+                let map = if kind == Kind::EndpointSlice {
+                    &mut self.slices
+                } else {
+                    &mut self.endpoints_objects
+                };
+                if let Some(old) = map.remove(key) {
+                    let svc = ObjectKey::new(&old.namespace, &old.service_name);
+                    self.rejoin(&svc, &mut changes);
+                }
+            }
+            Kind::VirtualService | Kind::DestinationRule => {
+                let config_kind = if kind == Kind::VirtualService {
+                    ConfigKind::VirtualService
+                } else {
+                    ConfigKind::DestinationRule
+                };
+                let config_key = ConfigKey {
+                    kind: config_kind,
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                };
+                let removed = match kind {
+                    Kind::VirtualService => self.virtual_services.remove(key).is_some(),
+                    _ => self.destination_rules.remove(key).is_some(),
+                };
+                let was_rejected = self.rejected.remove(&config_key).is_some();
+                if removed || was_rejected {
+                    changes.configs.insert(config_key);
+                }
+            }
+        }
+        changes
+    }
+
+    /// Replaces every object of `kind` with `objects` in one step (a relist, or a reload).
+    pub fn reset(&mut self, kind: Kind, objects: Vec<Object>) -> ChangeSet {
+        let incoming: HashSet<ObjectKey> = objects.iter().map(Object::key).collect();
+        let mut changes = ChangeSet::default();
+        for key in self.keys(kind) {
+            if !incoming.contains(&key) {
+                changes.merge(self.delete(kind, &key));
+            }
+        }
+        for object in objects {
+            debug_assert_eq!(object.kind(), kind, "reset fed an object of another kind");
+            changes.merge(self.apply(object));
+        }
+        changes.kinds.insert(kind);
+        changes
+    }
+
+    /// Keys of every object of `kind` currently held (rejected configs included).
+    pub fn keys(&self, kind: Kind) -> Vec<ObjectKey> {
+        match kind {
+            Kind::Service => self.services.keys().cloned().collect(),
+            Kind::Pod => self.pods.keys().cloned().collect(),
+            Kind::Namespace => self
+                .namespaces
+                .keys()
+                .map(|n| ObjectKey::new("", n))
+                .collect(),
+            Kind::EndpointSlice => self.slices.keys().cloned().collect(),
+            Kind::Endpoints => self.endpoints_objects.keys().cloned().collect(),
+            Kind::VirtualService | Kind::DestinationRule => {
+                let config_kind = if kind == Kind::VirtualService {
+                    ConfigKind::VirtualService
+                } else {
+                    ConfigKind::DestinationRule
+                };
+                let valid: Vec<ObjectKey> = if kind == Kind::VirtualService {
+                    self.virtual_services.keys().cloned().collect()
+                } else {
+                    self.destination_rules.keys().cloned().collect()
+                };
+                let rejected = self
+                    .rejected
+                    .keys()
+                    .filter(|k| k.kind == config_kind)
+                    .map(|k| ObjectKey::new(&k.namespace, &k.name));
+                valid
+                    .into_iter()
+                    .chain(rejected)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
+
+    /// Services in the pod's namespace whose endpoint sources name the pod or one of its IPs.
+    fn services_referencing_pod(&self, pod: &Pod, old: Option<&Pod>) -> BTreeSet<ObjectKey> {
+        let ips: HashSet<IpAddr> = pod
+            .ips
+            .iter()
+            .chain(old.map(|o| o.ips.as_slice()).unwrap_or_default())
+            .copied()
+            .collect();
+        self.slices
+            .values()
+            .chain(self.endpoints_objects.values())
+            .filter(|g| g.namespace == pod.namespace)
+            .filter(|g| {
+                g.endpoints.iter().any(|e| {
+                    e.pod_name.as_deref() == Some(pod.name.as_str())
+                        || e.addresses.iter().any(|a| ips.contains(a))
+                })
+            })
+            .map(|g| ObjectKey::new(&g.namespace, &g.service_name))
+            .collect()
+    }
+
+    /// Recomputes the joined endpoints of one service and records whether they changed.
+    fn rejoin(&mut self, service: &ObjectKey, changes: &mut ChangeSet) {
+        let joined = self.join_endpoints(service);
+        let changed = match (&joined, self.joined.get(service)) {
+            (None, None) => false,
+            (Some(new), Some(old)) => new != &**old,
+            _ => true,
+        };
+        if changed {
+            changes.endpoints.insert(self.hostname(service));
+            match joined {
+                Some(list) => self.joined.insert(service.clone(), Arc::new(list)),
+                None => self.joined.remove(service),
+            };
+        }
+    }
+
+    /// EndpointSlices of the service, else its Endpoints object, joined with pod data.
+    fn join_endpoints(&self, service: &ObjectKey) -> Option<Vec<Endpoint>> {
+        let belongs =
+            |g: &&Arc<EndpointGroup>| g.namespace == service.namespace && g.service_name == service.name;
+        let slices: Vec<&Arc<EndpointGroup>> = self.slices.values().filter(belongs).collect();
+        let groups: Vec<&Arc<EndpointGroup>> = if slices.is_empty() {
+            self.endpoints_objects.get(service).into_iter().collect()
+        } else {
+            slices
+        };
+        if groups.is_empty() {
+            return None;
+        }
+        let no_labels = Arc::new(BTreeMap::new());
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for group in groups {
+            for ep in &group.endpoints {
+                for address in &ep.addresses {
+                    let pod = ep
+                        .pod_name
+                        .as_ref()
+                        .and_then(|name| self.pods.get(&ObjectKey::new(&group.namespace, name)))
+                        .or_else(|| self.pods_by_ip.get(address).and_then(|k| self.pods.get(k)));
+                    let labels = pod
+                        .map(|p| Arc::new(p.labels.clone()))
+                        .unwrap_or_else(|| no_labels.clone());
+                    let locality = if ep.locality.is_empty() {
+                        pod.map(|p| p.locality()).unwrap_or_default()
+                    } else {
+                        ep.locality.clone()
+                    };
+                    for port in &group.ports {
+                        if !seen.insert((*address, port.port, port.name.clone())) {
+                            continue;
+                        }
+                        out.push(Endpoint {
+                            address: *address,
+                            port: port.port,
+                            port_name: port.name.clone(),
+                            ready: ep.ready && !ep.terminating,
+                            labels: labels.clone(),
+                            locality: locality.clone(),
+                            pod: pod.map(|p| p.key()),
+                            service_account: pod.map(|p| p.service_account.clone()).unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.port_name.as_str(), a.address, a.port).cmp(&(b.port_name.as_str(), b.address, b.port))
+        });
+        Some(out)
+    }
+
+    /// Publishes an immutable view. VirtualServices whose destinations name a subset no
+    /// DestinationRule defines are left out here and reported as rejected.
+    pub fn snapshot(&mut self) -> Snapshot {
+        self.version += 1;
+        let services: BTreeMap<Hostname, Arc<Service>> = self
+            .services
+            .values()
+            .map(|s| (s.hostname.clone(), s.clone()))
+            .collect();
+        let endpoints = self
+            .joined
+            .iter()
+            .map(|(k, v)| (self.hostname(k), v.clone()))
+            .collect();
+        let mut destination_rules: Vec<Arc<DestinationRuleConfig>> =
+            self.destination_rules.values().cloned().collect();
+        destination_rules.sort_by(|a, b| config_order(&a.meta, &b.meta));
+        let mut rejected: Vec<RejectedConfig> = self.rejected.values().cloned().collect();
+        let mut virtual_services = Vec::new();
+        for vs in self.virtual_services.values() {
+            let errors = undefined_subsets(vs, &destination_rules);
+            if errors.is_empty() {
+                virtual_services.push(vs.clone());
+            } else {
+                rejected.push(RejectedConfig {
+                    key: vs.key(),
+                    errors,
+                });
+            }
+        }
+        virtual_services.sort_by(|a, b| config_order(&a.meta, &b.meta));
+        rejected.sort_by(|a, b| a.key.cmp(&b.key));
+        Snapshot {
+            version: self.version,
+            domain: self.domain.clone(),
+            services,
+            endpoints,
+            pods: self
+                .pods
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            pods_by_ip: self.pods_by_ip.clone(),
+            namespaces: self.namespaces.clone(),
+            virtual_services,
+            destination_rules,
+            rejected,
+        }
+    }
+}
+
+/// Oldest first, then by namespace and name: Istio's conflict-resolution order.
+fn config_order(a: &ConfigMeta, b: &ConfigMeta) -> std::cmp::Ordering {
+    let created = |m: &ConfigMeta| m.creation_timestamp.clone().unwrap_or_default();
+    (created(a), &a.namespace, &a.name).cmp(&(created(b), &b.namespace, &b.name))
+}
+
+/// Destinations naming a subset that no DestinationRule for that host defines.
+fn undefined_subsets(
+    vs: &VirtualServiceConfig,
+    rules: &[Arc<DestinationRuleConfig>],
+) -> Vec<FieldError> {
+    let defined = |host: &str, subset: &str| {
+        rules
+            .iter()
+            .filter(|dr| dr.matches_host(host))
+            .any(|dr| dr.spec.subsets.iter().any(|s| s.name == subset))
+    };
+    let mut errors = Vec::new();
+    let mut check = |path: String, dest: &meshpilot_api::Destination| {
+        if let Some(subset) = &dest.subset
+            && !defined(&dest.host, subset)
+        {
+            errors.push(FieldError {
+                path,
+                reason: format!(
+                    "subset {subset:?} of host {:?} is not defined by any DestinationRule",
+                    dest.host
+                ),
+            });
+        }
+    };
+    for (i, http) in vs.spec.http.iter().enumerate() {
+        for (j, r) in http.route.iter().enumerate() {
+            check(format!("spec.http[{i}].route[{j}].destination.subset"), &r.destination);
+        }
+        if let Some(m) = &http.mirror {
+            check(format!("spec.http[{i}].mirror.subset"), m);
+        }
+        for (j, m) in http.mirrors.iter().enumerate() {
+            check(format!("spec.http[{i}].mirrors[{j}].destination.subset"), &m.destination);
+        }
+    }
+    for (i, tcp) in vs.spec.tcp.iter().enumerate() {
+        for (j, r) in tcp.route.iter().enumerate() {
+            check(format!("spec.tcp[{i}].route[{j}].destination.subset"), &r.destination);
+        }
+    }
+    errors
+}
+
+/// Gives [`Index::apply_config`] the map a config kind lives in.
+trait IndexedConfig: PartialEq + Sized {
+    fn map(index: &mut Index) -> &mut BTreeMap<ObjectKey, Arc<Self>>;
+}
+
+impl IndexedConfig for VirtualServiceConfig {
+    fn map(index: &mut Index) -> &mut BTreeMap<ObjectKey, Arc<Self>> {
+        &mut index.virtual_services
+    }
+}
+
+impl IndexedConfig for DestinationRuleConfig {
+    fn map(index: &mut Index) -> &mut BTreeMap<ObjectKey, Arc<Self>> {
+        &mut index.destination_rules
+    }
+}

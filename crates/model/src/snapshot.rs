@@ -1,0 +1,138 @@
+//! The immutable view of the mesh the translator reads. Built by [`crate::Index::snapshot`];
+//! everything inside is shared through `Arc`, so a snapshot is cheap to keep and to hand out.
+
+use crate::config::{DestinationRuleConfig, RejectedConfig, VirtualServiceConfig};
+use crate::service::{Hostname, Service};
+use crate::workload::{Endpoint, Namespace, ObjectKey, Pod};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Istio's root config namespace: DestinationRules there apply mesh-wide as a last resort.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Increases with every published snapshot.
+    pub version: u64,
+    pub domain: String,
+    pub(crate) services: BTreeMap<Hostname, Arc<Service>>,
+    pub(crate) endpoints: HashMap<Hostname, Arc<Vec<Endpoint>>>,
+    pub(crate) pods: BTreeMap<ObjectKey, Arc<Pod>>,
+    pub(crate) pods_by_ip: HashMap<IpAddr, ObjectKey>,
+    pub(crate) namespaces: BTreeMap<String, Arc<Namespace>>,
+    /// Ordered oldest first (creation time, then namespace/name): the conflict order.
+    pub(crate) virtual_services: Vec<Arc<VirtualServiceConfig>>,
+    pub(crate) destination_rules: Vec<Arc<DestinationRuleConfig>>,
+    pub(crate) rejected: Vec<RejectedConfig>,
+}
+
+impl Snapshot {
+    /// Services sorted by hostname.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    pub fn service(&self, hostname: &str) -> Option<&Arc<Service>> {
+        self.services.get(hostname)
+    }
+
+    /// Every endpoint of a service (ready or not), across its ports.
+    pub fn endpoints(&self, hostname: &str) -> &[Endpoint] {
+        self.endpoints
+            .get(hostname)
+            .map(|e| e.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// The shared endpoint list itself, for callers that cache by identity.
+    pub fn endpoints_arc(&self, hostname: &str) -> Option<&Arc<Vec<Endpoint>>> {
+        self.endpoints.get(hostname)
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &Arc<Pod>> {
+        self.pods.values()
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Arc<Pod>> {
+        self.pods.get(&ObjectKey::new(namespace, name))
+    }
+
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Arc<Pod>> {
+        self.pods_by_ip.get(&ip).and_then(|k| self.pods.get(k))
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&Arc<Namespace>> {
+        self.namespaces.get(name)
+    }
+
+    /// Valid VirtualServices, oldest first.
+    pub fn virtual_services(&self) -> &[Arc<VirtualServiceConfig>] {
+        &self.virtual_services
+    }
+
+    /// Valid DestinationRules, oldest first.
+    pub fn destination_rules(&self) -> &[Arc<DestinationRuleConfig>] {
+        &self.destination_rules
+    }
+
+    /// Configs refused by validation, with reasons.
+    pub fn rejected(&self) -> &[RejectedConfig] {
+        &self.rejected
+    }
+
+    /// The DestinationRule in effect for `hostname` as seen from `proxy_namespace`.
+    ///
+    /// Lookup order is Istio's: the proxy's namespace, then the service's namespace, then the
+    /// root namespace; an exact host beats a wildcard; older beats newer. Rules of the winning
+    /// namespace for the same host merge their subsets by name (first definition wins), and the
+    /// first rule's top-level traffic policy applies.
+    pub fn destination_rule_for(
+        &self,
+        hostname: &str,
+        proxy_namespace: &str,
+    ) -> Option<Arc<DestinationRuleConfig>> {
+        let service_namespace = self.services.get(hostname).map(|s| s.namespace.as_str());
+        let rank = |dr: &DestinationRuleConfig| -> Option<u8> {
+            let ns = dr.meta.namespace.as_str();
+            if ns == proxy_namespace {
+                Some(0)
+            } else if Some(ns) == service_namespace {
+                Some(1)
+            } else if ns == ROOT_NAMESPACE {
+                Some(2)
+            } else if dr.spec.export_to.is_empty() || dr.exported_to(proxy_namespace) {
+                Some(3)
+            } else {
+                None
+            }
+        };
+        let mut candidates: Vec<(u8, bool, &Arc<DestinationRuleConfig>)> = self
+            .destination_rules
+            .iter()
+            .filter(|dr| dr.matches_host(hostname) && dr.exported_to(proxy_namespace))
+            .filter_map(|dr| rank(dr).map(|r| (r, dr.spec.host != hostname, dr)))
+            .collect();
+        // Stable sort keeps oldest-first within equal keys.
+        candidates.sort_by_key(|(rank, wildcard, _)| (*rank, *wildcard));
+        let (best_rank, best_wildcard, first) = *candidates.first()?;
+        let peers: Vec<&Arc<DestinationRuleConfig>> = candidates
+            .iter()
+            .skip(1)
+            .filter(|(r, w, dr)| *r == best_rank && *w == best_wildcard && dr.spec.host == first.spec.host)
+            .map(|(_, _, dr)| *dr)
+            .collect();
+        if peers.is_empty() {
+            return Some(first.clone());
+        }
+        let mut merged = (**first).clone();
+        for peer in peers {
+            for subset in &peer.spec.subsets {
+                if !merged.spec.subsets.iter().any(|s| s.name == subset.name) {
+                    merged.spec.subsets.push(subset.clone());
+                }
+            }
+        }
+        Some(Arc::new(merged))
+    }
+}

@@ -1,0 +1,1 @@
+//! Envoy admin config_dump rendering.
