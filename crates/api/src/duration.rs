@@ -15,7 +15,9 @@ pub enum DurationError {
     Empty,
     #[error("negative duration {0:?}")]
     Negative(String),
-    #[error("invalid duration {0:?}: expected a number followed by a unit (h, m, s, ms, us, ns), e.g. \"1.5s\"")]
+    #[error(
+        "invalid duration {0:?}: expected a number followed by a unit (h, m, s, ms, us, ns), e.g. \"1.5s\""
+    )]
     Invalid(String),
 }
 
@@ -124,8 +126,14 @@ mod tests {
     #[test]
     fn parses_go_and_protobuf_forms() {
         assert_eq!(Duration::parse("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(Duration::parse("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(Duration::parse("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(
+            Duration::parse("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            Duration::parse("100ms").unwrap(),
+            Duration::from_millis(100)
+        );
         assert_eq!(Duration::parse("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(Duration::parse("0").unwrap(), Duration::ZERO);
         assert_eq!(Duration::parse("2h").unwrap(), Duration::from_secs(7200));

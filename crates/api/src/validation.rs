@@ -38,13 +38,13 @@ impl Errors {
 pub fn validate_regex(pattern: &str) -> Result<(), String> {
     regex::Regex::new(pattern)
         .map(|_| ())
-        .map_err(|e| format!("invalid regex {pattern:?}: {}", first_line(&e.to_string())))
+        .map_err(|e| format!("invalid regex {pattern:?}: {}", last_line(&e.to_string())))
 }
 
-fn first_line(text: &str) -> String {
+/// The regex crate's errors end with the one line that says what is wrong.
+fn last_line(text: &str) -> String {
     text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
+        .rfind(|l| !l.trim().is_empty())
         .unwrap_or(text)
         .trim()
         .to_string()
@@ -64,7 +64,10 @@ pub fn validate_virtual_service(spec: &VirtualServiceSpec) -> Vec<FieldError> {
     for (i, route) in spec.tcp.iter().enumerate() {
         let path = format!("spec.tcp[{i}]");
         if route.route.is_empty() {
-            errors.push(format!("{path}.route"), "at least one destination is required");
+            errors.push(
+                format!("{path}.route"),
+                "at least one destination is required",
+            );
         }
         let weights: Vec<Option<i32>> = route.route.iter().map(|d| d.weight).collect();
         check_weights(&mut errors, &format!("{path}.route"), &weights);
@@ -195,9 +198,16 @@ fn check_http_route(errors: &mut Errors, path: &str, route: &HttpRoute) {
         }
         if let Some(delay) = &fault.delay {
             if delay.fixed_delay.is_none() {
-                errors.push(format!("{path}.fault.delay.fixedDelay"), "fixedDelay is required");
+                errors.push(
+                    format!("{path}.fault.delay.fixedDelay"),
+                    "fixedDelay is required",
+                );
             }
-            check_percent(errors, &format!("{path}.fault.delay.percentage"), &delay.percentage);
+            check_percent(
+                errors,
+                &format!("{path}.fault.delay.percentage"),
+                &delay.percentage,
+            );
         }
         if let Some(abort) = &fault.abort {
             match (abort.http_status, &abort.grpc_status) {
@@ -211,21 +221,37 @@ fn check_http_route(errors: &mut Errors, path: &str, route: &HttpRoute) {
                 ),
                 _ => {}
             }
-            check_percent(errors, &format!("{path}.fault.abort.percentage"), &abort.percentage);
+            check_percent(
+                errors,
+                &format!("{path}.fault.abort.percentage"),
+                &abort.percentage,
+            );
         }
     }
-    check_percent(errors, &format!("{path}.mirrorPercentage"), &route.mirror_percentage);
+    check_percent(
+        errors,
+        &format!("{path}.mirrorPercentage"),
+        &route.mirror_percentage,
+    );
     for (j, mirror) in route.mirrors.iter().enumerate() {
         check_host(
             errors,
             &format!("{path}.mirrors[{j}].destination.host"),
             &mirror.destination.host,
         );
-        check_percent(errors, &format!("{path}.mirrors[{j}].percentage"), &mirror.percentage);
+        check_percent(
+            errors,
+            &format!("{path}.mirrors[{j}].percentage"),
+            &mirror.percentage,
+        );
     }
     if let Some(cors) = &route.cors_policy {
         for (j, origin) in cors.allow_origins.iter().enumerate() {
-            check_string_match(errors, &format!("{path}.corsPolicy.allowOrigins[{j}]"), origin);
+            check_string_match(
+                errors,
+                &format!("{path}.corsPolicy.allowOrigins[{j}]"),
+                origin,
+            );
         }
     }
 }
@@ -403,13 +429,17 @@ mod tests {
 
     #[test]
     fn accepts_weighted_route() {
-        let spec = vs("hosts: [reviews]\nhttp:\n- route:\n  - {destination: {host: reviews, subset: v1}, weight: 90}\n  - {destination: {host: reviews, subset: v2}, weight: 10}\n");
+        let spec = vs(
+            "hosts: [reviews]\nhttp:\n- route:\n  - {destination: {host: reviews, subset: v1}, weight: 90}\n  - {destination: {host: reviews, subset: v2}, weight: 10}\n",
+        );
         assert!(validate_virtual_service(&spec).is_empty());
     }
 
     #[test]
     fn rejects_all_zero_weights_naming_the_field() {
-        let spec = vs("hosts: [reviews]\nhttp:\n- route:\n  - {destination: {host: reviews, subset: v1}, weight: 0}\n  - {destination: {host: reviews, subset: v2}}\n");
+        let spec = vs(
+            "hosts: [reviews]\nhttp:\n- route:\n  - {destination: {host: reviews, subset: v1}, weight: 0}\n  - {destination: {host: reviews, subset: v2}}\n",
+        );
         let errors = validate_virtual_service(&spec);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].path, "spec.http[0].route");
@@ -418,7 +448,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_regex() {
-        let spec = vs("hosts: [a]\nhttp:\n- match: [{uri: {regex: \"/(a\"}}]\n  route: [{destination: {host: a}}]\n");
+        let spec = vs(
+            "hosts: [a]\nhttp:\n- match: [{uri: {regex: \"/(a\"}}]\n  route: [{destination: {host: a}}]\n",
+        );
         let errors = validate_virtual_service(&spec);
         assert_eq!(errors[0].path, "spec.http[0].match[0].uri.regex");
     }

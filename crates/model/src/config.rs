@@ -51,7 +51,13 @@ impl ConfigKey {
 
 impl fmt::Display for ConfigKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind.kind_name(), self.namespace, self.name)
+        write!(
+            f,
+            "{} {}/{}",
+            self.kind.kind_name(),
+            self.namespace,
+            self.name
+        )
     }
 }
 
@@ -94,12 +100,18 @@ impl VirtualServiceConfig {
             *host = resolve_host(host, ns, domain);
         }
         for http in &mut spec.http {
-            http.route.iter_mut().for_each(|r| resolve(&mut r.destination));
+            http.route
+                .iter_mut()
+                .for_each(|r| resolve(&mut r.destination));
             http.mirror.iter_mut().for_each(resolve);
-            http.mirrors.iter_mut().for_each(|m| resolve(&mut m.destination));
+            http.mirrors
+                .iter_mut()
+                .for_each(|m| resolve(&mut m.destination));
         }
         for tcp in &mut spec.tcp {
-            tcp.route.iter_mut().for_each(|r| resolve(&mut r.destination));
+            tcp.route
+                .iter_mut()
+                .for_each(|r| resolve(&mut r.destination));
         }
         Ok(VirtualServiceConfig { meta, spec })
     }

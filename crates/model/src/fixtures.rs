@@ -93,7 +93,7 @@ pub fn mk_meta(namespace: &str, name: &str) -> ConfigMeta {
 pub fn mk_virtual_service(namespace: &str, name: &str, spec_yaml: &str) -> Object {
     Object::VirtualService(
         mk_meta(namespace, name),
-        serde_json::from_value(yaml_to_json(spec_yaml)).expect("virtual service spec"),
+        Box::new(serde_json::from_value(yaml_to_json(spec_yaml)).expect("virtual service spec")),
     )
 }
 
@@ -101,7 +101,7 @@ pub fn mk_virtual_service(namespace: &str, name: &str, spec_yaml: &str) -> Objec
 pub fn mk_destination_rule(namespace: &str, name: &str, spec_yaml: &str) -> Object {
     Object::DestinationRule(
         mk_meta(namespace, name),
-        serde_json::from_value(yaml_to_json(spec_yaml)).expect("destination rule spec"),
+        Box::new(serde_json::from_value(yaml_to_json(spec_yaml)).expect("destination rule spec")),
     )
 }
 

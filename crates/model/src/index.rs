@@ -2,8 +2,7 @@
 //! server can push only what a change can affect; [`Index::snapshot`] publishes an immutable view.
 
 use crate::config::{
-    ConfigKey, ConfigKind, ConfigMeta, DestinationRuleConfig, RejectedConfig,
-    VirtualServiceConfig,
+    ConfigKey, ConfigKind, ConfigMeta, DestinationRuleConfig, RejectedConfig, VirtualServiceConfig,
 };
 use crate::service::{Hostname, Service, service_fqdn};
 use crate::snapshot::Snapshot;
@@ -61,8 +60,9 @@ pub enum Object {
     EndpointSlice(EndpointGroup),
     /// A core/v1 Endpoints object, used for a service only when it has no EndpointSlice.
     Endpoints(EndpointGroup),
-    VirtualService(ConfigMeta, VirtualServiceSpec),
-    DestinationRule(ConfigMeta, DestinationRuleSpec),
+    /// Specs are boxed: they dwarf every other variant.
+    VirtualService(ConfigMeta, Box<VirtualServiceSpec>),
+    DestinationRule(ConfigMeta, Box<DestinationRuleSpec>),
 }
 
 impl Object {
@@ -84,7 +84,9 @@ impl Object {
             Object::Service(s) => ObjectKey::new(&s.namespace, &s.name),
             Object::Pod(p) => p.key(),
             Object::Namespace(n) => ObjectKey::new("", &n.name),
-            Object::EndpointSlice(g) | Object::Endpoints(g) => ObjectKey::new(&g.namespace, &g.name),
+            Object::EndpointSlice(g) | Object::Endpoints(g) => {
+                ObjectKey::new(&g.namespace, &g.name)
+            }
             Object::VirtualService(m, _) | Object::DestinationRule(m, _) => {
                 ObjectKey::new(&m.namespace, &m.name)
             }
@@ -240,7 +242,8 @@ impl Index {
                 if old.as_deref() == Some(&group) {
                     return ChangeSet::default();
                 }
-                let mut services = BTreeSet::from([ObjectKey::new(&group.namespace, &group.service_name)]);
+                let mut services =
+                    BTreeSet::from([ObjectKey::new(&group.namespace, &group.service_name)]);
                 if let Some(old) = old {
                     services.insert(ObjectKey::new(&old.namespace, &old.service_name));
                 }
@@ -249,11 +252,11 @@ impl Index {
                 }
             }
             Object::VirtualService(meta, spec) => {
-                let result = VirtualServiceConfig::new(meta, spec, &self.domain);
+                let result = VirtualServiceConfig::new(meta, *spec, &self.domain);
                 self.apply_config(ConfigKind::VirtualService, key, result, &mut changes);
             }
             Object::DestinationRule(meta, spec) => {
-                let result = DestinationRuleConfig::new(meta, spec, &self.domain);
+                let result = DestinationRuleConfig::new(meta, *spec, &self.domain);
                 self.apply_config(ConfigKind::DestinationRule, key, result, &mut changes);
             }
         }
@@ -466,8 +469,9 @@ impl Index {
 
     /// EndpointSlices of the service, else its Endpoints object, joined with pod data.
     fn join_endpoints(&self, service: &ObjectKey) -> Option<Vec<Endpoint>> {
-        let belongs =
-            |g: &&Arc<EndpointGroup>| g.namespace == service.namespace && g.service_name == service.name;
+        let belongs = |g: &&Arc<EndpointGroup>| {
+            g.namespace == service.namespace && g.service_name == service.name
+        };
         let slices: Vec<&Arc<EndpointGroup>> = self.slices.values().filter(belongs).collect();
         let groups: Vec<&Arc<EndpointGroup>> = if slices.is_empty() {
             self.endpoints_objects.get(service).into_iter().collect()
@@ -508,14 +512,20 @@ impl Index {
                             labels: labels.clone(),
                             locality: locality.clone(),
                             pod: pod.map(|p| p.key()),
-                            service_account: pod.map(|p| p.service_account.clone()).unwrap_or_default(),
+                            service_account: pod
+                                .map(|p| p.service_account.clone())
+                                .unwrap_or_default(),
                         });
                     }
                 }
             }
         }
         out.sort_by(|a, b| {
-            (a.port_name.as_str(), a.address, a.port).cmp(&(b.port_name.as_str(), b.address, b.port))
+            (a.port_name.as_str(), a.address, a.port).cmp(&(
+                b.port_name.as_str(),
+                b.address,
+                b.port,
+            ))
         });
         Some(out)
     }
@@ -604,18 +614,27 @@ fn undefined_subsets(
     };
     for (i, http) in vs.spec.http.iter().enumerate() {
         for (j, r) in http.route.iter().enumerate() {
-            check(format!("spec.http[{i}].route[{j}].destination.subset"), &r.destination);
+            check(
+                format!("spec.http[{i}].route[{j}].destination.subset"),
+                &r.destination,
+            );
         }
         if let Some(m) = &http.mirror {
             check(format!("spec.http[{i}].mirror.subset"), m);
         }
         for (j, m) in http.mirrors.iter().enumerate() {
-            check(format!("spec.http[{i}].mirrors[{j}].destination.subset"), &m.destination);
+            check(
+                format!("spec.http[{i}].mirrors[{j}].destination.subset"),
+                &m.destination,
+            );
         }
     }
     for (i, tcp) in vs.spec.tcp.iter().enumerate() {
         for (j, r) in tcp.route.iter().enumerate() {
-            check(format!("spec.tcp[{i}].route[{j}].destination.subset"), &r.destination);
+            check(
+                format!("spec.tcp[{i}].route[{j}].destination.subset"),
+                &r.destination,
+            );
         }
     }
     errors
@@ -635,5 +654,262 @@ impl IndexedConfig for VirtualServiceConfig {
 impl IndexedConfig for DestinationRuleConfig {
     fn map(index: &mut Index) -> &mut BTreeMap<ObjectKey, Arc<Self>> {
         &mut index.destination_rules
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::*;
+
+    fn bookinfo() -> Index {
+        let mut index = Index::default();
+        index.apply(Object::Service(mk_service(
+            "default",
+            "reviews",
+            "10.96.120.15",
+            &[("http", 9080)],
+        )));
+        index.apply(Object::Pod(mk_pod(
+            "default",
+            "reviews-v1",
+            "10.244.1.11",
+            &[("app", "reviews"), ("version", "v1")],
+        )));
+        index.apply(Object::Pod(mk_pod(
+            "default",
+            "reviews-v2",
+            "10.244.2.12",
+            &[("app", "reviews"), ("version", "v2")],
+        )));
+        index.apply(Object::EndpointSlice(mk_slice(
+            "default",
+            "reviews",
+            &[("http", 9080)],
+            &[("reviews-v1", "10.244.1.11"), ("reviews-v2", "10.244.2.12")],
+        )));
+        index
+    }
+
+    const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+    #[test]
+    fn joins_slice_endpoints_with_pod_labels() {
+        let snapshot = bookinfo().snapshot();
+        let endpoints = snapshot.endpoints(REVIEWS);
+        assert_eq!(endpoints.len(), 2);
+        assert_eq!(endpoints[0].labels["version"], "v1");
+        assert_eq!(endpoints[1].labels["version"], "v2");
+        assert_eq!(
+            endpoints[0].pod,
+            Some(ObjectKey::new("default", "reviews-v1"))
+        );
+    }
+
+    #[test]
+    fn unchanged_apply_reports_nothing_and_pod_relabel_is_endpoint_change() {
+        let mut index = bookinfo();
+        let again = index.apply(Object::Service(mk_service(
+            "default",
+            "reviews",
+            "10.96.120.15",
+            &[("http", 9080)],
+        )));
+        assert!(again.is_empty());
+        let relabel = index.apply(Object::Pod(mk_pod(
+            "default",
+            "reviews-v2",
+            "10.244.2.12",
+            &[("app", "reviews"), ("version", "v3")],
+        )));
+        assert!(relabel.endpoints.contains(REVIEWS));
+        assert!(
+            relabel
+                .pods
+                .contains(&ObjectKey::new("default", "reviews-v2"))
+        );
+        assert_eq!(
+            index.snapshot().endpoints(REVIEWS)[1].labels["version"],
+            "v3"
+        );
+    }
+
+    #[test]
+    fn slice_change_is_endpoints_only() {
+        let mut index = bookinfo();
+        let changes = index.apply(Object::EndpointSlice(mk_slice(
+            "default",
+            "reviews",
+            &[("http", 9080)],
+            &[("reviews-v1", "10.244.1.11")],
+        )));
+        assert!(changes.is_endpoints_only());
+        assert_eq!(index.snapshot().endpoints(REVIEWS).len(), 1);
+    }
+
+    #[test]
+    fn endpoints_object_is_used_only_without_slices() {
+        let mut index = Index::default();
+        index.apply(Object::Service(mk_service(
+            "default",
+            "details",
+            "10.96.0.9",
+            &[("http", 9080)],
+        )));
+        let mut group = mk_slice(
+            "default",
+            "details",
+            &[("http", 9080)],
+            &[("d1", "10.0.0.1")],
+        );
+        group.name = "details".into();
+        index.apply(Object::Endpoints(group));
+        assert_eq!(
+            index
+                .snapshot()
+                .endpoints("details.default.svc.cluster.local")
+                .len(),
+            1
+        );
+        index.apply(Object::EndpointSlice(mk_slice(
+            "default",
+            "details",
+            &[("http", 9080)],
+            &[("d2", "10.0.0.2"), ("d3", "10.0.0.3")],
+        )));
+        assert_eq!(
+            index
+                .snapshot()
+                .endpoints("details.default.svc.cluster.local")
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn invalid_update_keeps_last_valid_config_and_is_reported() {
+        let mut index = bookinfo();
+        index.apply(mk_destination_rule(
+            "default",
+            "reviews",
+            "host: reviews\nsubsets: [{name: v1, labels: {version: v1}}]",
+        ));
+        let good = mk_virtual_service(
+            "default",
+            "reviews",
+            "hosts: [reviews]\nhttp: [{route: [{destination: {host: reviews, subset: v1}}]}]",
+        );
+        assert_eq!(index.apply(good).configs.len(), 1);
+        let bad = mk_virtual_service(
+            "default",
+            "reviews",
+            "hosts: [reviews]\nhttp: [{route: [{destination: {host: reviews}, weight: 0}, {destination: {host: reviews}, weight: 0}]}]",
+        );
+        let changes = index.apply(bad);
+        assert_eq!(
+            changes.configs.len(),
+            1,
+            "the rejection is a reportable change"
+        );
+        let snapshot = index.snapshot();
+        assert_eq!(
+            snapshot.virtual_services().len(),
+            1,
+            "last valid version stays"
+        );
+        assert_eq!(snapshot.virtual_services()[0].spec.hosts, [REVIEWS]);
+        assert_eq!(snapshot.rejected().len(), 1);
+        assert_eq!(snapshot.rejected()[0].errors[0].path, "spec.http[0].route");
+    }
+
+    #[test]
+    fn undefined_subset_rejects_the_virtual_service_at_snapshot() {
+        let mut index = bookinfo();
+        index.apply(mk_virtual_service(
+            "default",
+            "reviews",
+            "hosts: [reviews]\nhttp: [{route: [{destination: {host: reviews, subset: v9}}]}]",
+        ));
+        let snapshot = index.snapshot();
+        assert!(snapshot.virtual_services().is_empty());
+        assert!(snapshot.rejected()[0].to_string().contains("subset \"v9\""));
+    }
+
+    #[test]
+    fn reset_replaces_a_kind_in_one_step() {
+        let mut index = bookinfo();
+        let changes = index.reset(
+            Kind::Service,
+            vec![Object::Service(mk_service(
+                "default",
+                "ratings",
+                "10.96.0.7",
+                &[("http", 9080)],
+            ))],
+        );
+        assert!(changes.services.contains(REVIEWS));
+        assert!(
+            changes
+                .services
+                .contains("ratings.default.svc.cluster.local")
+        );
+        let snapshot = index.snapshot();
+        assert!(snapshot.service(REVIEWS).is_none());
+        assert!(
+            snapshot
+                .service("ratings.default.svc.cluster.local")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn delete_of_unknown_changes_nothing() {
+        let mut index = bookinfo();
+        assert!(
+            index
+                .delete(Kind::Pod, &ObjectKey::new("default", "ghost"))
+                .is_empty()
+        );
+        let changes = index.delete(Kind::Pod, &ObjectKey::new("default", "reviews-v1"));
+        assert!(changes.endpoints.contains(REVIEWS));
+        assert!(index.snapshot().endpoints(REVIEWS)[0].labels.is_empty());
+    }
+
+    #[test]
+    fn destination_rule_lookup_prefers_proxy_namespace() {
+        let mut index = bookinfo();
+        index.apply(mk_destination_rule(
+            "istio-system",
+            "mesh-wide",
+            "host: \"*.svc.cluster.local\"\nsubsets: [{name: root}]",
+        ));
+        index.apply(mk_destination_rule(
+            "default",
+            "reviews",
+            "host: reviews\nsubsets: [{name: v1}]",
+        ));
+        index.apply(mk_destination_rule(
+            "shop",
+            "reviews-shop",
+            "host: reviews.default.svc.cluster.local\nsubsets: [{name: shop}]",
+        ));
+        let snapshot = index.snapshot();
+        let from_shop = snapshot.destination_rule_for(REVIEWS, "shop").unwrap();
+        assert_eq!(from_shop.meta.name, "reviews-shop");
+        let from_default = snapshot.destination_rule_for(REVIEWS, "default").unwrap();
+        assert_eq!(from_default.meta.name, "reviews");
+        let from_other = snapshot.destination_rule_for(REVIEWS, "other").unwrap();
+        assert_eq!(
+            from_other.meta.name, "reviews",
+            "service namespace before root"
+        );
+        assert_eq!(
+            snapshot
+                .destination_rule_for("x.y.svc.cluster.local", "other")
+                .unwrap()
+                .meta
+                .name,
+            "mesh-wide"
+        );
     }
 }

@@ -14,14 +14,13 @@ mod snapshot;
 mod workload;
 
 pub use config::{
-    ConfigKey, ConfigKind, ConfigMeta, DestinationRuleConfig, RejectedConfig,
-    VirtualServiceConfig, host_matches,
+    ConfigKey, ConfigKind, ConfigMeta, DestinationRuleConfig, RejectedConfig, VirtualServiceConfig,
+    host_matches,
 };
 pub use index::{ChangeSet, DEFAULT_DOMAIN, Index, Kind, Object};
 pub use proxy::{InterceptionMode, Proxy, ProxyError, ProxyMetadata};
 pub use service::{
-    Hostname, Protocol, Service, ServicePort, TargetPort, labels_match, resolve_host,
-    service_fqdn,
+    Hostname, Protocol, Service, ServicePort, TargetPort, labels_match, resolve_host, service_fqdn,
 };
 pub use snapshot::{ROOT_NAMESPACE, Snapshot};
 pub use workload::{

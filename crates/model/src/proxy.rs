@@ -45,7 +45,10 @@ impl ProxyMetadata {
             Some(serde_json::Value::Object(map)) => map
                 .iter()
                 .map(|(k, v)| {
-                    let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                    let v = v
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string());
                     (k.clone(), v)
                 })
                 .collect(),

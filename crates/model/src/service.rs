@@ -54,7 +54,10 @@ impl Service {
 }
 
 /// True when every `required` label is present in `labels` with the same value.
-pub fn labels_match(required: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub fn labels_match(
+    required: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     required.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -207,14 +210,29 @@ mod tests {
     #[test]
     fn detects_protocol_from_port_name_prefix() {
         assert_eq!(Protocol::detect("TCP", None, "http", 9080), Protocol::Http);
-        assert_eq!(Protocol::detect("TCP", None, "http-web", 80), Protocol::Http);
-        assert_eq!(Protocol::detect("TCP", None, "HTTP2-x", 80), Protocol::Http2);
+        assert_eq!(
+            Protocol::detect("TCP", None, "http-web", 80),
+            Protocol::Http
+        );
+        assert_eq!(
+            Protocol::detect("TCP", None, "HTTP2-x", 80),
+            Protocol::Http2
+        );
         assert_eq!(Protocol::detect("TCP", None, "grpc", 80), Protocol::Grpc);
-        assert_eq!(Protocol::detect("TCP", None, "grpc-web", 80), Protocol::GrpcWeb);
-        assert_eq!(Protocol::detect("TCP", None, "grpc-web-x", 80), Protocol::GrpcWeb);
+        assert_eq!(
+            Protocol::detect("TCP", None, "grpc-web", 80),
+            Protocol::GrpcWeb
+        );
+        assert_eq!(
+            Protocol::detect("TCP", None, "grpc-web-x", 80),
+            Protocol::GrpcWeb
+        );
         assert_eq!(Protocol::detect("TCP", None, "tcp-db", 80), Protocol::Tcp);
         assert_eq!(Protocol::detect("TCP", None, "mongo", 80), Protocol::Mongo);
-        assert_eq!(Protocol::detect("TCP", None, "redis", 6379), Protocol::Redis);
+        assert_eq!(
+            Protocol::detect("TCP", None, "redis", 6379),
+            Protocol::Redis
+        );
         assert_eq!(Protocol::detect("TCP", None, "mysql", 80), Protocol::Mysql);
         assert_eq!(Protocol::detect("TCP", None, "https", 443), Protocol::Https);
         assert_eq!(Protocol::detect("TCP", None, "tls-x", 443), Protocol::Tls);
@@ -222,7 +240,10 @@ mod tests {
 
     #[test]
     fn app_protocol_wins_over_name() {
-        assert_eq!(Protocol::detect("TCP", Some("http"), "tcp", 80), Protocol::Http);
+        assert_eq!(
+            Protocol::detect("TCP", Some("http"), "tcp", 80),
+            Protocol::Http
+        );
         assert_eq!(
             Protocol::detect("TCP", Some("kubernetes.io/h2c"), "", 80),
             Protocol::Http2
@@ -232,7 +253,10 @@ mod tests {
             Protocol::Http
         );
         // An appProtocol Istio does not know falls back to the name.
-        assert_eq!(Protocol::detect("TCP", Some("custom"), "grpc", 80), Protocol::Grpc);
+        assert_eq!(
+            Protocol::detect("TCP", Some("custom"), "grpc", 80),
+            Protocol::Grpc
+        );
     }
 
     #[test]
@@ -249,7 +273,13 @@ mod tests {
             resolve_host("reviews", "default", "cluster.local"),
             "reviews.default.svc.cluster.local"
         );
-        assert_eq!(resolve_host("reviews.prod", "default", "cluster.local"), "reviews.prod");
-        assert_eq!(resolve_host("*.example.com", "default", "cluster.local"), "*.example.com");
+        assert_eq!(
+            resolve_host("reviews.prod", "default", "cluster.local"),
+            "reviews.prod"
+        );
+        assert_eq!(
+            resolve_host("*.example.com", "default", "cluster.local"),
+            "*.example.com"
+        );
     }
 }

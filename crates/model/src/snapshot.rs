@@ -93,25 +93,23 @@ impl Snapshot {
         proxy_namespace: &str,
     ) -> Option<Arc<DestinationRuleConfig>> {
         let service_namespace = self.services.get(hostname).map(|s| s.namespace.as_str());
-        let rank = |dr: &DestinationRuleConfig| -> Option<u8> {
+        let rank = |dr: &DestinationRuleConfig| -> u8 {
             let ns = dr.meta.namespace.as_str();
             if ns == proxy_namespace {
-                Some(0)
+                0
             } else if Some(ns) == service_namespace {
-                Some(1)
+                1
             } else if ns == ROOT_NAMESPACE {
-                Some(2)
-            } else if dr.spec.export_to.is_empty() || dr.exported_to(proxy_namespace) {
-                Some(3)
+                2
             } else {
-                None
+                3
             }
         };
         let mut candidates: Vec<(u8, bool, &Arc<DestinationRuleConfig>)> = self
             .destination_rules
             .iter()
             .filter(|dr| dr.matches_host(hostname) && dr.exported_to(proxy_namespace))
-            .filter_map(|dr| rank(dr).map(|r| (r, dr.spec.host != hostname, dr)))
+            .map(|dr| (rank(dr), dr.spec.host != hostname, dr))
             .collect();
         // Stable sort keeps oldest-first within equal keys.
         candidates.sort_by_key(|(rank, wildcard, _)| (*rank, *wildcard));
@@ -119,7 +117,9 @@ impl Snapshot {
         let peers: Vec<&Arc<DestinationRuleConfig>> = candidates
             .iter()
             .skip(1)
-            .filter(|(r, w, dr)| *r == best_rank && *w == best_wildcard && dr.spec.host == first.spec.host)
+            .filter(|(r, w, dr)| {
+                *r == best_rank && *w == best_wildcard && dr.spec.host == first.spec.host
+            })
             .map(|(_, _, dr)| *dr)
             .collect();
         if peers.is_empty() {
