@@ -14,6 +14,7 @@ mod listeners;
 pub mod names;
 mod policy;
 mod routes;
+mod targets;
 
 pub use clusters::build_clusters;
 pub use endpoints::build_endpoints;

@@ -77,12 +77,26 @@ mod tests {
 
     #[test]
     fn cluster_names_have_four_fields() {
-        let name = cluster_name(Direction::Outbound, 9080, "v1", "reviews.default.svc.cluster.local");
+        let name = cluster_name(
+            Direction::Outbound,
+            9080,
+            "v1",
+            "reviews.default.svc.cluster.local",
+        );
         assert_eq!(name, "outbound|9080|v1|reviews.default.svc.cluster.local");
-        assert_eq!(cluster_name(Direction::Outbound, 9080, "", "r.d.svc.cluster.local"), "outbound|9080||r.d.svc.cluster.local");
-        assert_eq!(cluster_name(Direction::Inbound, 9080, "", ""), "inbound|9080||");
+        assert_eq!(
+            cluster_name(Direction::Outbound, 9080, "", "r.d.svc.cluster.local"),
+            "outbound|9080||r.d.svc.cluster.local"
+        );
+        assert_eq!(
+            cluster_name(Direction::Inbound, 9080, "", ""),
+            "inbound|9080||"
+        );
         let parts = parse_cluster_name(&name).unwrap();
-        assert_eq!((parts.direction, parts.port, parts.subset), ("outbound", 9080, "v1"));
+        assert_eq!(
+            (parts.direction, parts.port, parts.subset),
+            ("outbound", 9080, "v1")
+        );
         assert!(parse_cluster_name("PassthroughCluster").is_none());
         assert!(parse_cluster_name("outbound|x||h").is_none());
     }

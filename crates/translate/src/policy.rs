@@ -93,18 +93,32 @@ mod tests {
 
     #[test]
     fn port_level_replaces_top_level_and_subset_overrides_blocks() {
-        let r = rule(r#"{"host":"r","trafficPolicy":{"loadBalancer":{"simple":"RANDOM"},
+        let r = rule(
+            r#"{"host":"r","trafficPolicy":{"loadBalancer":{"simple":"RANDOM"},
             "outlierDetection":{"consecutive5xxErrors":5},
             "portLevelSettings":[{"port":{"number":9080},"loadBalancer":{"simple":"ROUND_ROBIN"}}]},
-            "subsets":[{"name":"v1","trafficPolicy":{"loadBalancer":{"simple":"LEAST_REQUEST"}}}]}"#);
+            "subsets":[{"name":"v1","trafficPolicy":{"loadBalancer":{"simple":"LEAST_REQUEST"}}}]}"#,
+        );
         let top = effective_policy(Some(&r), 8080, None);
         assert_eq!(top.load_balancer.unwrap().simple, Some(SimpleLb::Random));
         assert!(top.outlier_detection.is_some());
         let port = effective_policy(Some(&r), 9080, None);
-        assert_eq!(port.load_balancer.unwrap().simple, Some(SimpleLb::RoundRobin));
-        assert!(port.outlier_detection.is_none(), "port-level replaces the whole policy");
+        assert_eq!(
+            port.load_balancer.unwrap().simple,
+            Some(SimpleLb::RoundRobin)
+        );
+        assert!(
+            port.outlier_detection.is_none(),
+            "port-level replaces the whole policy"
+        );
         let subset = effective_policy(Some(&r), 8080, Some("v1"));
-        assert_eq!(subset.load_balancer.unwrap().simple, Some(SimpleLb::LeastRequest));
-        assert!(subset.outlier_detection.is_some(), "subset keeps blocks it does not set");
+        assert_eq!(
+            subset.load_balancer.unwrap().simple,
+            Some(SimpleLb::LeastRequest)
+        );
+        assert!(
+            subset.outlier_detection.is_some(),
+            "subset keeps blocks it does not set"
+        );
     }
 }
