@@ -108,3 +108,87 @@ pub fn mk_destination_rule(namespace: &str, name: &str, spec_yaml: &str) -> Obje
 fn yaml_to_json(yaml: &str) -> serde_json::Value {
     serde_yaml_ng::from_str(yaml).expect("yaml")
 }
+
+/// A synthetic mesh for benchmarks: `services` services `svc-<i>` spread over 10 namespaces,
+/// each with one HTTP port 8080 and `endpoints` ready pods split between versions v1 and v2;
+/// the first `virtual_services` services get a 90/10 VirtualService and the first
+/// `destination_rules` a DestinationRule with subsets v1 and v2. Also one client pod,
+/// `client-0.ns-0`, at 10.128.0.1.
+pub fn mk_mesh(
+    services: usize,
+    endpoints: usize,
+    virtual_services: usize,
+    destination_rules: usize,
+) -> crate::Index {
+    let mut index = crate::Index::default();
+    index.apply(Object::Pod(mk_pod(
+        "ns-0",
+        "client-0",
+        "10.128.0.1",
+        &[("app", "client"), ("version", "v1")],
+    )));
+    for i in 0..services {
+        let ns = format!("ns-{}", i % 10);
+        let name = format!("svc-{i}");
+        let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+        index.apply(Object::Service(mk_service(
+            &ns,
+            &name,
+            &ip,
+            &[("http", 8080)],
+        )));
+        let mut pods = Vec::new();
+        for e in 0..endpoints {
+            let pod = format!("{name}-v{}-{e}", e % 2 + 1);
+            let n = i * endpoints + e;
+            let pod_ip = format!("10.{}.{}.{}", 130 + n / 62500, (n / 250) % 250, n % 250 + 1);
+            let version = format!("v{}", e % 2 + 1);
+            index.apply(Object::Pod(mk_pod(
+                &ns,
+                &pod,
+                &pod_ip,
+                &[("app", name.as_str()), ("version", version.as_str())],
+            )));
+            pods.push((pod, pod_ip));
+        }
+        let refs: Vec<(&str, &str)> = pods
+            .iter()
+            .map(|(p, ip)| (p.as_str(), ip.as_str()))
+            .collect();
+        index.apply(Object::EndpointSlice(mk_slice(
+            &ns,
+            &name,
+            &[("http", 8080)],
+            &refs,
+        )));
+        if i < destination_rules {
+            index.apply(mk_destination_rule(
+                &ns,
+                &name,
+                &format!(
+                    "host: {name}\nsubsets:\n- {{name: v1, labels: {{version: v1}}}}\n- {{name: v2, labels: {{version: v2}}}}\n"
+                ),
+            ));
+        }
+        if i < virtual_services {
+            let subsets = i < destination_rules;
+            let dest = |s: &str| {
+                if subsets {
+                    format!("{{host: {name}, subset: {s}}}")
+                } else {
+                    format!("{{host: {name}}}")
+                }
+            };
+            index.apply(mk_virtual_service(
+                &ns,
+                &name,
+                &format!(
+                    "hosts: [{name}]\nhttp:\n- route:\n  - {{destination: {}, weight: 90}}\n  - {{destination: {}, weight: 10}}\n",
+                    dest("v1"),
+                    dest("v2")
+                ),
+            ));
+        }
+    }
+    index
+}

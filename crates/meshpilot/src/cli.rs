@@ -1,0 +1,64 @@
+//! Command-line surface.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "meshpilot",
+    version,
+    about = "An istiod-compatible service-mesh control plane"
+)]
+pub struct Cli {
+    /// Log filter, e.g. `info` or `xds=debug,info`.
+    #[arg(long, global = true, default_value = "info", env = "MESHPILOT_LOG")]
+    pub log_level: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print exactly what one proxy would be sent, in Envoy's admin config_dump shape.
+    ConfigDump(ConfigDumpArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigDumpArgs {
+    /// Directory of Kubernetes/Istio YAML, read recursively (repeatable).
+    #[arg(long = "config-dir", required = true)]
+    pub config_dirs: Vec<PathBuf>,
+    /// The proxy: a node id (`sidecar~IP~pod.ns~ns.svc.cluster.local`) or `pod.namespace`.
+    #[arg(long)]
+    pub proxy: String,
+    /// Only this resource type.
+    #[arg(long = "type", value_enum)]
+    pub resource_type: Option<DumpType>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Json)]
+    pub output: OutputFormat,
+    /// Cluster DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub domain: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DumpType {
+    Listeners,
+    Routes,
+    Clusters,
+    Endpoints,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Json,
+    Yaml,
+}
