@@ -562,7 +562,7 @@ impl Index {
         }
         virtual_services.sort_by(|a, b| config_order(&a.meta, &b.meta));
         rejected.sort_by(|a, b| a.key.cmp(&b.key));
-        Snapshot {
+        let mut snapshot = Snapshot {
             version: self.version,
             domain: self.domain.clone(),
             services,
@@ -576,8 +576,12 @@ impl Index {
             namespaces: self.namespaces.clone(),
             virtual_services,
             destination_rules,
+            rules_by_host: HashMap::new(),
+            wildcard_rules: Vec::new(),
             rejected,
-        }
+        };
+        snapshot.index_rules();
+        snapshot
     }
 }
 

@@ -24,10 +24,30 @@ pub struct Snapshot {
     /// Ordered oldest first (creation time, then namespace/name): the conflict order.
     pub(crate) virtual_services: Vec<Arc<VirtualServiceConfig>>,
     pub(crate) destination_rules: Vec<Arc<DestinationRuleConfig>>,
+    /// Positions in `destination_rules` by exact host, and of the wildcard-host rules, so a
+    /// lookup costs a hash probe instead of a scan of every rule.
+    pub(crate) rules_by_host: HashMap<String, Vec<usize>>,
+    pub(crate) wildcard_rules: Vec<usize>,
     pub(crate) rejected: Vec<RejectedConfig>,
 }
 
 impl Snapshot {
+    /// Builds the host index over `destination_rules` (which must already be in final order).
+    pub(crate) fn index_rules(&mut self) {
+        self.rules_by_host.clear();
+        self.wildcard_rules.clear();
+        for (i, rule) in self.destination_rules.iter().enumerate() {
+            if rule.spec.host.starts_with('*') {
+                self.wildcard_rules.push(i);
+            } else {
+                self.rules_by_host
+                    .entry(rule.spec.host.clone())
+                    .or_default()
+                    .push(i);
+            }
+        }
+    }
+
     /// Services sorted by hostname.
     pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.services.values()
@@ -105,9 +125,18 @@ impl Snapshot {
                 3
             }
         };
-        let mut candidates: Vec<(u8, bool, &Arc<DestinationRuleConfig>)> = self
-            .destination_rules
+        let exact = self.rules_by_host.get(hostname).map(Vec::as_slice);
+        let mut positions: Vec<usize> = exact
+            .unwrap_or_default()
             .iter()
+            .chain(&self.wildcard_rules)
+            .copied()
+            .collect();
+        // Oldest first, as the rules themselves are ordered.
+        positions.sort_unstable();
+        let mut candidates: Vec<(u8, bool, &Arc<DestinationRuleConfig>)> = positions
+            .into_iter()
+            .map(|i| &self.destination_rules[i])
             .filter(|dr| dr.matches_host(hostname) && dr.exported_to(proxy_namespace))
             .map(|dr| (rank(dr), dr.spec.host != hostname, dr))
             .collect();

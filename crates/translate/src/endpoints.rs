@@ -1,6 +1,6 @@
 //! EDS: one ClusterLoadAssignment per requested cluster.
 
-use crate::envoy::{istio_metadata, socket_address, string_value, u32_value};
+use crate::envoy::{socket_address, u32_value};
 use crate::names;
 use envoy_types::pb::envoy::config::core::v3::{self as core, HealthStatus};
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -70,10 +70,7 @@ fn locality_endpoints(
                     zone: locality.zone.clone(),
                     sub_zone: locality.subzone.clone(),
                 }),
-                lb_endpoints: members
-                    .into_iter()
-                    .map(|e| lb_endpoint(e, &service.name, &service.namespace, proxy))
-                    .collect(),
+                lb_endpoints: members.into_iter().map(lb_endpoint).collect(),
                 load_balancing_weight: Some(u32_value(weight)),
                 ..Default::default()
             }
@@ -82,12 +79,9 @@ fn locality_endpoints(
     Some(groups)
 }
 
-fn lb_endpoint(
-    endpoint: &Endpoint,
-    service_name: &str,
-    service_namespace: &str,
-    proxy: &Proxy,
-) -> LbEndpoint {
+/// A healthy endpoint of weight 1. istiod also attaches `istio.workload` metadata, read only by
+/// istio-proxy's telemetry filters; upstream Envoy has no use for it, so it is not sent.
+fn lb_endpoint(endpoint: &Endpoint) -> LbEndpoint {
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
             address: Some(socket_address(&endpoint.address, endpoint.port)),
@@ -95,74 +89,7 @@ fn lb_endpoint(
         })),
         health_status: HealthStatus::Healthy as i32,
         load_balancing_weight: Some(u32_value(1)),
-        metadata: Some(istio_metadata(vec![(
-            "workload",
-            string_value(workload_metadata(
-                endpoint,
-                service_name,
-                service_namespace,
-                &proxy.cluster_id,
-            )),
-        )])),
-    }
-}
-
-/// `<workload>;<namespace>;<canonical service>;<canonical revision>;<cluster>`, which Istio's
-/// telemetry reads to name the peer.
-fn workload_metadata(
-    endpoint: &Endpoint,
-    service_name: &str,
-    service_namespace: &str,
-    cluster_id: &str,
-) -> String {
-    let labels = &endpoint.labels;
-    let first_label = |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k).map(String::as_str));
-    let (workload, namespace) = match &endpoint.pod {
-        Some(pod) => (
-            workload_name(
-                &pod.name,
-                labels.get("pod-template-hash").map(String::as_str),
-            ),
-            pod.namespace.as_str(),
-        ),
-        None => ("", service_namespace),
-    };
-    let canonical_name = first_label(&[
-        "service.istio.io/canonical-name",
-        "app.kubernetes.io/name",
-        "app",
-    ])
-    .unwrap_or(service_name);
-    let canonical_revision = first_label(&[
-        "service.istio.io/canonical-revision",
-        "app.kubernetes.io/version",
-        "version",
-    ])
-    .unwrap_or("latest");
-    format!("{workload};{namespace};{canonical_name};{canonical_revision};{cluster_id}")
-}
-
-/// The Deployment name of a Deployment's pod (`reviews-v1-7d9f8c6b5-x2x4z` -> `reviews-v1`),
-/// else the pod name. A Deployment pod is `<deployment>-<template hash>-<5 chars>`; the hash
-/// is checked against the `pod-template-hash` label when present, else by its shape.
-fn workload_name<'a>(pod_name: &'a str, template_hash: Option<&str>) -> &'a str {
-    let mut parts = pod_name.rsplitn(3, '-');
-    let (Some(suffix), Some(hash), Some(deployment)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return pod_name;
-    };
-    let lower_alnum = |s: &str| {
-        s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-    };
-    let hash_ok = match template_hash {
-        Some(expected) => hash == expected,
-        None => (6..=10).contains(&hash.len()) && lower_alnum(hash),
-    };
-    if !deployment.is_empty() && suffix.len() == 5 && lower_alnum(suffix) && hash_ok {
-        deployment
-    } else {
-        pod_name
+        ..Default::default()
     }
 }
 
@@ -170,7 +97,6 @@ fn workload_name<'a>(pod_name: &'a str, template_hash: Option<&str>) -> &'a str 
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
-    use envoy_types::pb::google::protobuf::value::Kind;
     use meshpilot_model::fixtures::{mk_destination_rule, mk_pod, mk_service, mk_slice};
     use meshpilot_model::{Index, Object};
 
@@ -250,14 +176,6 @@ mod tests {
         format!("{}:{port}", sa.address)
     }
 
-    fn workload(e: &LbEndpoint) -> String {
-        let istio = &e.metadata.as_ref().unwrap().filter_metadata["istio"];
-        match &istio.fields["workload"].kind {
-            Some(Kind::StringValue(s)) => s.clone(),
-            other => panic!("string expected, got {other:?}"),
-        }
-    }
-
     /// `(locality zone or "-", weight, [addresses])` per group.
     fn summary(cla: &ClusterLoadAssignment) -> Vec<(String, u32, Vec<String>)> {
         cla.endpoints
@@ -301,9 +219,7 @@ mod tests {
         let first = &cla.endpoints[1].lb_endpoints[0];
         assert_eq!(first.health_status, HealthStatus::Healthy as i32);
         assert_eq!(first.load_balancing_weight, Some(u32_value(1)));
-        assert_eq!(workload(first), "reviews-v1;default;reviews;v1;Kubernetes");
-        let md = first.metadata.as_ref().unwrap();
-        assert_eq!(md.filter_metadata.keys().collect::<Vec<_>>(), ["istio"]);
+        assert!(first.metadata.is_none(), "no istio-proxy-only metadata");
 
         // Another service port selects the endpoints by port name.
         let admin = eds(&snapshot, &format!("outbound|9090||{REVIEWS}"));
@@ -328,10 +244,6 @@ mod tests {
                 1,
                 vec!["10.244.2.12:9080".to_string()]
             )]
-        );
-        assert_eq!(
-            workload(&v2.endpoints[0].lb_endpoints[0]),
-            "reviews-v2;default;reviews;v2;Kubernetes"
         );
         let v1 = eds(&snapshot, &format!("outbound|9080|v1|{REVIEWS}"));
         let v1_addresses: Vec<String> = v1
@@ -374,22 +286,5 @@ mod tests {
             );
         }
         assert!(!out[5].endpoints.is_empty());
-    }
-
-    #[test]
-    fn workload_names_drop_deployment_suffixes_only() {
-        assert_eq!(workload_name("reviews-v1-7d9f8c-aaaaa", None), "reviews-v1");
-        assert_eq!(
-            workload_name("productpage-v1-6b7f6dc5f-x2x4z", None),
-            "productpage-v1"
-        );
-        assert_eq!(workload_name("web-5d4f-abcde", Some("5d4f")), "web");
-        assert_eq!(
-            workload_name("web-5d4f-abcde", Some("zzzz")),
-            "web-5d4f-abcde"
-        );
-        assert_eq!(workload_name("kafka-0", None), "kafka-0");
-        assert_eq!(workload_name("my-app-v1", None), "my-app-v1");
-        assert_eq!(workload_name("-7d9f8c-aaaaa", None), "-7d9f8c-aaaaa");
     }
 }
