@@ -6,6 +6,7 @@
 //! and a connected proxy; the `config-dump` CLI calls [`build_proxy_config`]. Nothing here does
 //! I/O, holds a lock or knows about Kubernetes types: input is the model, output is Envoy protos.
 
+pub mod canonical;
 mod clusters;
 pub mod dump;
 mod endpoints;
@@ -25,7 +26,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use meshpilot_model::{Proxy, Snapshot};
+use meshpilot_model::{Hostname, Proxy, Snapshot};
 
 /// Type URLs of the four resource types a sidecar receives.
 pub mod type_urls {
@@ -33,6 +34,15 @@ pub mod type_urls {
     pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
     pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+}
+
+/// The proxy's own service ports as `(service host, service port, target port)`: what its
+/// inbound listener chains and inbound clusters are built from.
+pub fn service_target_ports(snapshot: &Snapshot, proxy: &Proxy) -> Vec<(Hostname, u16, u16)> {
+    targets::service_targets(snapshot, proxy)
+        .into_iter()
+        .map(|t| (t.service.hostname.clone(), t.port.port, t.target_port))
+        .collect()
 }
 
 /// Everything one proxy would be sent, in push order's resource types.
