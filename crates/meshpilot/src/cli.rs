@@ -1,5 +1,7 @@
 //! Command-line surface.
 
+use crate::bootstrap_cmd::BootstrapArgs;
+use crate::iptables_cmd::IptablesArgs;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -29,6 +31,12 @@ pub enum LogFormat {
 pub enum Command {
     /// Print exactly what one proxy would be sent, in Envoy's admin config_dump shape.
     ConfigDump(ConfigDumpArgs),
+    /// Write the Envoy bootstrap a sidecar starts from (JSON).
+    Bootstrap(BootstrapArgs),
+    /// Run the control plane: serve ADS to sidecars on 15010 (plaintext) and 15012 (TLS).
+    Discovery(crate::discovery::DiscoveryArgs),
+    /// Install istio-init's nat rules that steer the pod's traffic through the sidecar.
+    Iptables(IptablesArgs),
 }
 
 #[derive(Args, Debug)]

@@ -1,8 +1,12 @@
 //! The meshpilot binary: parses the command line and hands off to one command module.
 
+mod bootstrap_cmd;
 mod cli;
 mod config_dump;
+mod discovery;
+mod iptables_cmd;
 mod logging;
+mod monitoring;
 
 use clap::Parser;
 
@@ -11,6 +15,9 @@ fn main() -> std::process::ExitCode {
     logging::init(&cli.log_level, cli.log_format);
     let result = match cli.command {
         cli::Command::ConfigDump(args) => config_dump::run(args),
+        cli::Command::Discovery(args) => discovery::run(args),
+        cli::Command::Bootstrap(args) => bootstrap_cmd::run(args),
+        cli::Command::Iptables(args) => iptables_cmd::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

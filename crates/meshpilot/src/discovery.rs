@@ -1,0 +1,300 @@
+//! `meshpilot discovery`: the control plane. Wires a config source into the index, debounces
+//! changes into published snapshots, and serves ADS on the plaintext and TLS ports plus the
+//! monitoring endpoint.
+
+use crate::monitoring;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use meshpilot_model::{ChangeSet, Index};
+use meshpilot_sources::FileSource;
+use meshpilot_xds::{AdsService, DebounceConfig, Debouncer, Publisher, XdsMetrics, tls};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+#[derive(Args, Debug)]
+pub struct DiscoveryArgs {
+    /// Directory of Kubernetes/Istio YAML to serve, read recursively and watched (repeatable).
+    /// Without it, meshpilot would read the Kubernetes API (not available yet).
+    #[arg(long = "config-dir")]
+    pub config_dirs: Vec<PathBuf>,
+    /// Plaintext gRPC xDS.
+    #[arg(long, default_value = "0.0.0.0:15010")]
+    pub grpc_addr: SocketAddr,
+    /// TLS gRPC xDS.
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    pub secure_grpc_addr: SocketAddr,
+    /// HTTP monitoring: /ready (and metrics/debug later).
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    pub monitoring_addr: SocketAddr,
+    /// Where the TLS serving certificate, key and root live (`cert-chain.pem`, `key.pem`,
+    /// `root-cert.pem`); generated there on first start when absent.
+    #[arg(long, default_value = "./meshpilot-tls")]
+    pub tls_dir: PathBuf,
+    /// Extra DNS names or IPs for a generated serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    pub tls_sans: Vec<String>,
+    /// CA bundle to verify client certificates on the TLS port (clients without one are still
+    /// accepted).
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
+    /// Cluster DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub domain: String,
+    /// Push once config has been quiet this long.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub debounce_after: Duration,
+    /// ...or at the latest this long after the first change of a burst.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub debounce_max: Duration,
+    /// gRPC keepalive ping interval.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+    /// gRPC keepalive ping timeout.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+    /// Close connections older than this (with a GOAWAY) so proxies rebalance across replicas.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_connection_age: Option<Duration>,
+}
+
+pub fn run(args: DiscoveryArgs) -> Result<()> {
+    if args.config_dirs.is_empty() {
+        bail!(
+            "no --config-dir given: the Kubernetes API source is not available yet; \
+             run with --config-dir DIR to serve a directory of YAML"
+        );
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: DiscoveryArgs) -> Result<()> {
+    let mut source = FileSource::new(args.config_dirs.clone());
+    for error in source.load_all() {
+        tracing::warn!("{error}");
+    }
+    let index = Arc::new(Mutex::new(Index::new(&args.domain)));
+    let snapshot = {
+        let mut index = index.lock().expect("index lock");
+        source.apply_to(&mut index);
+        index.snapshot()
+    };
+    log_rejections(&snapshot);
+    tracing::info!(
+        services = snapshot.services().count(),
+        virtual_services = snapshot.virtual_services().len(),
+        destination_rules = snapshot.destination_rules().len(),
+        "initial config loaded"
+    );
+    let (publisher, published) = Publisher::new(snapshot);
+    // The file source is synced once loaded.
+    let (_ready_tx, ready) = watch::channel(true);
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let metrics = Arc::new(XdsMetrics::default());
+
+    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+    let (_watcher, file_events) =
+        meshpilot_sources::watch(&args.config_dirs).context("watching the config directories")?;
+    tokio::spawn(follow_files(source, file_events, index.clone(), changes_tx));
+    tokio::spawn(debounce(
+        changes_rx,
+        index.clone(),
+        publisher,
+        DebounceConfig {
+            quiet: args.debounce_after,
+            max: args.debounce_max,
+        },
+    ));
+
+    let control_plane_id = serde_json::json!({
+        "Component": "meshpilot",
+        "ID": std::env::var("POD_NAME").unwrap_or_else(|_| hostname()),
+        "Info": {"version": env!("CARGO_PKG_VERSION")},
+    })
+    .to_string();
+    let service = AdsService::new(
+        published.clone(),
+        ready.clone(),
+        shutdown.clone(),
+        metrics.clone(),
+        control_plane_id,
+    );
+
+    let mut sans = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "meshpilot.meshpilot-system.svc".to_string(),
+        "istiod.istio-system.svc".to_string(),
+    ];
+    sans.extend(args.tls_sans.iter().cloned());
+    let mut credentials = tls::load_or_generate(&args.tls_dir, &sans)
+        .with_context(|| format!("TLS material in {}", args.tls_dir.display()))?;
+    if let Some(ca) = &args.client_ca {
+        credentials.client_ca_pem = Some(
+            std::fs::read_to_string(ca).with_context(|| format!("--client-ca {}", ca.display()))?,
+        );
+    }
+    tracing::info!(
+        root_cert = %credentials.root_cert_path.display(),
+        "TLS port serves a certificate signed by this root; give it to bootstraps (--tls-root-cert)"
+    );
+    let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(
+        &credentials.cert_chain_pem,
+        &credentials.key_pem,
+    ));
+    if let Some(ca) = &credentials.client_ca_pem {
+        tls_config = tls_config
+            .client_ca_root(Certificate::from_pem(ca))
+            .client_auth_optional(true);
+    }
+
+    let builder = || {
+        let mut b = Server::builder()
+            .http2_keepalive_interval(Some(args.keepalive_interval))
+            .http2_keepalive_timeout(Some(args.keepalive_timeout))
+            .max_concurrent_streams(100_000);
+        if let Some(age) = args.max_connection_age {
+            b = b
+                .max_connection_age(age)
+                .max_connection_age_grace(Duration::from_secs(10));
+        }
+        b
+    };
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let plaintext = builder()
+        .add_service(service.clone().into_server())
+        .serve_with_shutdown(args.grpc_addr, stopped(shutdown.clone()));
+    let secure = builder()
+        .tls_config(tls_config)
+        .context("TLS configuration")?
+        .add_service(service.into_server())
+        .serve_with_shutdown(args.secure_grpc_addr, stopped(shutdown.clone()));
+    let monitor = monitoring::serve(
+        args.monitoring_addr,
+        monitoring::State {
+            ready,
+            published,
+            metrics,
+        },
+        stopped(shutdown.clone()),
+    );
+    tracing::info!(
+        grpc = %args.grpc_addr,
+        secure_grpc = %args.secure_grpc_addr,
+        monitoring = %args.monitoring_addr,
+        "serving"
+    );
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+    let (a, b, c) = tokio::join!(plaintext, secure, monitor);
+    a.with_context(|| format!("plaintext gRPC on {}", args.grpc_addr))?;
+    b.with_context(|| format!("TLS gRPC on {}", args.secure_grpc_addr))?;
+    c.with_context(|| format!("monitoring on {}", args.monitoring_addr))?;
+    Ok(())
+}
+
+fn log_rejections(snapshot: &meshpilot_model::Snapshot) {
+    for rejected in snapshot.rejected() {
+        tracing::warn!(
+            kind = rejected.key.kind.kind_name(),
+            namespace = %rejected.key.namespace,
+            name = %rejected.key.name,
+            "{rejected}"
+        );
+    }
+}
+
+/// Applies file changes to the index as they happen; the debouncer decides when to publish.
+async fn follow_files(
+    mut source: FileSource,
+    mut events: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    index: Arc<Mutex<Index>>,
+    changes: mpsc::UnboundedSender<ChangeSet>,
+) {
+    while let Some(mut paths) = events.recv().await {
+        // Editors write in several steps; take what else arrived in the same instant.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Ok(more) = events.try_recv() {
+            paths.extend(more);
+        }
+        paths.sort();
+        paths.dedup();
+        for error in source.reload(&paths) {
+            tracing::warn!("{error}");
+        }
+        let change = {
+            let mut index = index.lock().expect("index lock");
+            source.apply_to(&mut index)
+        };
+        if !change.is_empty() && changes.send(change).is_err() {
+            return;
+        }
+    }
+}
+
+async fn debounce(
+    mut changes: mpsc::UnboundedReceiver<ChangeSet>,
+    index: Arc<Mutex<Index>>,
+    mut publisher: Publisher,
+    config: DebounceConfig,
+) {
+    let mut debouncer = Debouncer::new(config);
+    loop {
+        let deadline = debouncer.deadline();
+        tokio::select! {
+            change = changes.recv() => match change {
+                Some(change) => debouncer.add(change, Instant::now()),
+                None => return,
+            },
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = Instant::now();
+                let age = debouncer.burst_age(now).unwrap_or_default();
+                let Some(burst) = debouncer.take_due(now) else { continue };
+                let snapshot = index.lock().expect("index lock").snapshot();
+                log_rejections(&snapshot);
+                tracing::info!(
+                    version = snapshot.version,
+                    services = burst.services.len(),
+                    endpoints = burst.endpoints.len(),
+                    configs = burst.configs.len(),
+                    pods = burst.pods.len(),
+                    debounce_ms = age.as_millis() as u64,
+                    "publishing config"
+                );
+                publisher.publish(snapshot, burst);
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "meshpilot".into())
+}

@@ -1,0 +1,519 @@
+//! Protocol behaviour of one connection, without a network.
+
+use super::*;
+use crate::publish::Publisher;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use meshpilot_model::fixtures::{
+    mk_destination_rule, mk_pod, mk_service, mk_slice, mk_virtual_service,
+};
+use meshpilot_model::{Index, Object, ProxyMetadata};
+use meshpilot_translate::type_urls::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use prost::Message;
+use std::collections::HashMap;
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+const V1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
+const V2: &str = "outbound|9080|v2|reviews.default.svc.cluster.local";
+
+struct Mesh {
+    index: Index,
+    publisher: Publisher,
+}
+
+impl Mesh {
+    fn new() -> Self {
+        let mut index = Index::default();
+        index.apply(Object::Service(mk_service(
+            "default",
+            "reviews",
+            "10.96.120.15",
+            &[("http", 9080)],
+        )));
+        for (pod, ip, version) in [
+            ("reviews-v1", "10.244.1.11", "v1"),
+            ("reviews-v2", "10.244.2.12", "v2"),
+        ] {
+            index.apply(Object::Pod(mk_pod(
+                "default",
+                pod,
+                ip,
+                &[("app", "reviews"), ("version", version)],
+            )));
+        }
+        index.apply(Object::Pod(mk_pod(
+            "default",
+            "productpage",
+            "10.244.1.20",
+            &[("app", "productpage")],
+        )));
+        index.apply(Object::EndpointSlice(mk_slice(
+            "default",
+            "reviews",
+            &[("http", 9080)],
+            &[("reviews-v1", "10.244.1.11"), ("reviews-v2", "10.244.2.12")],
+        )));
+        index.apply(mk_destination_rule(
+            "default",
+            "reviews",
+            "host: reviews\nsubsets:\n- {name: v1, labels: {version: v1}}\n- {name: v2, labels: {version: v2}}\n",
+        ));
+        index.apply(vs(90, 10));
+        let (publisher, _rx) = Publisher::new(index.snapshot());
+        Mesh { index, publisher }
+    }
+
+    fn ctx(&self) -> PushContext {
+        let p = self.publisher.current();
+        PushContext {
+            cache: p.cache.clone(),
+            version_info: p.version_info.clone(),
+        }
+    }
+
+    /// Applies objects, publishes, and returns the changes.
+    fn change(&mut self, objects: Vec<Object>) -> ChangeSet {
+        let mut changes = ChangeSet::default();
+        for o in objects {
+            changes.merge(self.index.apply(o));
+        }
+        self.publisher
+            .publish(self.index.snapshot(), changes.clone());
+        changes
+    }
+}
+
+fn vs(w1: u32, w2: u32) -> Object {
+    mk_virtual_service(
+        "default",
+        "reviews",
+        &format!(
+            "hosts: [reviews]\nhttp:\n- route:\n  - {{destination: {{host: reviews, subset: v1}}, weight: {w1}}}\n  - {{destination: {{host: reviews, subset: v2}}, weight: {w2}}}\n"
+        ),
+    )
+}
+
+fn connection(flavor: Flavor) -> Connection {
+    let proxy = Proxy::from_node(
+        "sidecar~10.244.1.20~productpage.default~default.svc.cluster.local",
+        &ProxyMetadata::default(),
+    )
+    .unwrap();
+    Connection::new("productpage.default-1".into(), proxy, flavor, "meshpilot")
+}
+
+fn sotw(type_url: &str, names: &[&str], nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: type_url.into(),
+        resource_names: names.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+fn nack(type_url: &str, names: &[&str], nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "rejected by test".into(),
+            ..Default::default()
+        }),
+        ..sotw(type_url, names, nonce)
+    }
+}
+
+fn one(out: Vec<Outgoing>) -> DiscoveryResponse {
+    assert_eq!(out.len(), 1, "expected exactly one response, got {out:?}");
+    match out.into_iter().next().unwrap() {
+        Outgoing::Sotw(r) => r,
+        other => panic!("sotw expected, got {other:?}"),
+    }
+}
+
+fn delta_one(out: Vec<Outgoing>) -> DeltaDiscoveryResponse {
+    assert_eq!(out.len(), 1, "expected exactly one response, got {out:?}");
+    match out.into_iter().next().unwrap() {
+        Outgoing::Delta(r) => r,
+        other => panic!("delta expected, got {other:?}"),
+    }
+}
+
+fn names_of_clusters(r: &DiscoveryResponse) -> Vec<String> {
+    r.resources
+        .iter()
+        .map(|a| Cluster::decode(a.value.as_slice()).unwrap().name)
+        .collect()
+}
+
+fn names_of_assignments(r: &DiscoveryResponse) -> Vec<String> {
+    r.resources
+        .iter()
+        .map(|a| {
+            ClusterLoadAssignment::decode(a.value.as_slice())
+                .unwrap()
+                .cluster_name
+        })
+        .collect()
+}
+
+/// Connects a SotW proxy and ACKs CDS, EDS (v1, v2), LDS and RDS "9080".
+fn synced_sotw(mesh: &Mesh) -> (Connection, HashMap<&'static str, String>) {
+    let mut c = connection(Flavor::Sotw);
+    let ctx = mesh.ctx();
+    let mut nonces = HashMap::new();
+    let cds = one(c.on_sotw_request(sotw(CLUSTER, &[], ""), &ctx));
+    assert!(names_of_clusters(&cds).contains(&V1.to_string()));
+    assert!(
+        c.on_sotw_request(sotw(CLUSTER, &[], &cds.nonce), &ctx)
+            .is_empty()
+    );
+    nonces.insert(CLUSTER, cds.nonce);
+    let eds = one(c.on_sotw_request(sotw(ENDPOINT, &[V1, V2], ""), &ctx));
+    assert_eq!(names_of_assignments(&eds), [V1, V2]);
+    assert!(
+        c.on_sotw_request(sotw(ENDPOINT, &[V1, V2], &eds.nonce), &ctx)
+            .is_empty()
+    );
+    nonces.insert(ENDPOINT, eds.nonce);
+    let lds = one(c.on_sotw_request(sotw(LISTENER, &[], ""), &ctx));
+    assert!(
+        c.on_sotw_request(sotw(LISTENER, &[], &lds.nonce), &ctx)
+            .is_empty()
+    );
+    nonces.insert(LISTENER, lds.nonce);
+    let rds = one(c.on_sotw_request(sotw(ROUTE, &["9080"], ""), &ctx));
+    assert_eq!(rds.resources.len(), 1);
+    assert!(
+        c.on_sotw_request(sotw(ROUTE, &["9080"], &rds.nonce), &ctx)
+            .is_empty()
+    );
+    nonces.insert(ROUTE, rds.nonce);
+    (c, nonces)
+}
+
+#[test]
+fn ack_is_recorded_and_answered_with_nothing() {
+    let mesh = Mesh::new();
+    let (c, nonces) = synced_sotw(&mesh);
+    let watch = &c.watches()[CLUSTER];
+    assert_eq!(watch.acked_nonce.as_ref(), Some(&nonces[CLUSTER]));
+    assert!(!watch.pending);
+    assert!(watch.last_error.is_none());
+}
+
+#[test]
+fn unchanged_config_pushes_nothing() {
+    let mut mesh = Mesh::new();
+    let (mut c, _) = synced_sotw(&mesh);
+    // Re-applying identical objects changes nothing; even a forced full push finds no diff.
+    let changes = mesh.change(vec![vs(90, 10)]);
+    assert!(changes.is_empty());
+    assert!(c.on_push(&mesh.ctx(), None).is_empty());
+}
+
+#[test]
+fn nack_is_counted_and_never_resent() {
+    let mut mesh = Mesh::new();
+    let (mut c, _) = synced_sotw(&mesh);
+    let changes = mesh.change(vec![vs(50, 50)]);
+    let ctx = mesh.ctx();
+    let rds = one(c.on_push(&ctx, Some(&changes)));
+    assert_eq!(rds.type_url, ROUTE);
+    // The proxy rejects it: logged, counted, nothing resent.
+    assert!(
+        c.on_sotw_request(nack(ROUTE, &["9080"], &rds.nonce), &ctx)
+            .is_empty()
+    );
+    let nacks = c.take_nacks();
+    assert_eq!(nacks.len(), 1);
+    assert_eq!(nacks[0].nonce, rds.nonce);
+    assert_eq!(nacks[0].error, "rejected by test");
+    assert_eq!(c.watches()[ROUTE].nacks, 1);
+    assert!(!c.watches()[ROUTE].pending);
+    // Repeating the NACK (Envoy re-sends its request) does not loop.
+    assert!(
+        c.on_sotw_request(nack(ROUTE, &["9080"], &rds.nonce), &ctx)
+            .is_empty()
+    );
+    assert!(
+        c.on_push(&ctx, None).is_empty(),
+        "same config is not resent"
+    );
+    // A newer change is pushed.
+    let changes = mesh.change(vec![vs(70, 30)]);
+    let next = one(c.on_push(&mesh.ctx(), Some(&changes)));
+    assert_eq!(next.type_url, ROUTE);
+    assert_ne!(next.nonce, rds.nonce);
+}
+
+#[test]
+fn stale_nonce_is_ignored() {
+    let mut mesh = Mesh::new();
+    let (mut c, nonces) = synced_sotw(&mesh);
+    let changes = mesh.change(vec![vs(50, 50)]);
+    let ctx = mesh.ctx();
+    let rds = one(c.on_push(&ctx, Some(&changes)));
+    // A request echoing the previous RDS nonce is stale: no answer, still pending.
+    assert!(
+        c.on_sotw_request(sotw(ROUTE, &["9080"], &nonces[ROUTE]), &ctx)
+            .is_empty()
+    );
+    assert!(c.watches()[ROUTE].pending);
+    assert!(
+        c.on_sotw_request(sotw(ROUTE, &["9080"], &rds.nonce), &ctx)
+            .is_empty()
+    );
+    assert!(!c.watches()[ROUTE].pending);
+}
+
+#[test]
+fn at_most_one_unacked_push_per_type() {
+    let mut mesh = Mesh::new();
+    let (mut c, _) = synced_sotw(&mesh);
+    let changes = mesh.change(vec![vs(50, 50)]);
+    let first = one(c.on_push(&mesh.ctx(), Some(&changes)));
+    let changes = mesh.change(vec![vs(60, 40)]);
+    assert!(
+        c.on_push(&mesh.ctx(), Some(&changes)).is_empty(),
+        "held back while the first is un-ACKed"
+    );
+    let owed = one(c.on_sotw_request(sotw(ROUTE, &["9080"], &first.nonce), &mesh.ctx()));
+    assert_eq!(owed.type_url, ROUTE);
+}
+
+#[test]
+fn endpoint_change_is_an_eds_only_push_of_changed_clusters() {
+    let mut mesh = Mesh::new();
+    let (mut c, _) = synced_sotw(&mesh);
+    let changes = mesh.change(vec![Object::EndpointSlice(mk_slice(
+        "default",
+        "reviews",
+        &[("http", 9080)],
+        &[("reviews-v1", "10.244.1.11")],
+    ))]);
+    assert!(changes.is_endpoints_only());
+    let eds = one(c.on_push(&mesh.ctx(), Some(&changes)));
+    assert_eq!(eds.type_url, ENDPOINT);
+    // v1 is unchanged (same endpoint); only v2 (now empty) is sent.
+    assert_eq!(names_of_assignments(&eds), [V2]);
+}
+
+#[test]
+fn subscription_changes_answer_only_added_names() {
+    let mesh = Mesh::new();
+    let (mut c, nonces) = synced_sotw(&mesh);
+    let ctx = mesh.ctx();
+    let default = format!("outbound|9080||{REVIEWS}");
+    let added =
+        one(c.on_sotw_request(sotw(ENDPOINT, &[V1, V2, &default], &nonces[ENDPOINT]), &ctx));
+    assert_eq!(names_of_assignments(&added), [default]);
+    // Dropping a name is acknowledged silently.
+    assert!(
+        c.on_sotw_request(sotw(ENDPOINT, &[V1], &added.nonce), &ctx)
+            .is_empty()
+    );
+    assert_eq!(c.watches()[ENDPOINT].names.len(), 1);
+}
+
+#[test]
+fn cds_push_rewarms_endpoints_on_the_next_eds_request() {
+    let mut mesh = Mesh::new();
+    let (mut c, _) = synced_sotw(&mesh);
+    let changes = mesh.change(vec![mk_destination_rule(
+        "default",
+        "reviews",
+        "host: reviews\ntrafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\nsubsets:\n- {name: v1, labels: {version: v1}}\n- {name: v2, labels: {version: v2}}\n",
+    )]);
+    let ctx = mesh.ctx();
+    let out = c.on_push(&ctx, Some(&changes));
+    let types: Vec<&str> = out.iter().map(Outgoing::type_url).collect();
+    assert_eq!(types[0], CLUSTER, "CDS goes first: {types:?}");
+    assert!(
+        types.contains(&ENDPOINT),
+        "updated clusters get their endpoints again"
+    );
+    let position = |t| types.iter().position(|x| *x == t);
+    assert!(position(CLUSTER) < position(ENDPOINT));
+}
+
+#[test]
+fn unknown_type_gets_an_empty_answer() {
+    let mesh = Mesh::new();
+    let mut c = connection(Flavor::Sotw);
+    let ctx = mesh.ctx();
+    let url = "type.googleapis.com/istio.networking.nds.v1.NameTable";
+    let r = one(c.on_sotw_request(sotw(url, &[], ""), &ctx));
+    assert_eq!(r.type_url, url);
+    assert!(r.resources.is_empty());
+    assert!(c.on_sotw_request(sotw(url, &[], &r.nonce), &ctx).is_empty());
+}
+
+#[test]
+fn delta_reconnect_with_initial_versions_sends_only_differences() {
+    let mut mesh = Mesh::new();
+    let ctx = mesh.ctx();
+    let mut first = connection(Flavor::Delta);
+    let cds = delta_one(first.on_delta_request(
+        DeltaDiscoveryRequest {
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        },
+        &ctx,
+    ));
+    assert!(cds.resources.len() > 3);
+    let held: HashMap<String, String> = cds
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    // The control plane restarts and the mesh loses the v2 subset meanwhile.
+    let changes = mesh.change(vec![
+        mk_destination_rule(
+            "default",
+            "reviews",
+            "host: reviews\nsubsets:\n- {name: v1, labels: {version: v1}}\n",
+        ),
+        vs(100, 0),
+    ]);
+    assert!(!changes.is_empty());
+    let mut again = connection(Flavor::Delta);
+    let resumed = delta_one(again.on_delta_request(
+        DeltaDiscoveryRequest {
+            type_url: CLUSTER.into(),
+            initial_resource_versions: held,
+            ..Default::default()
+        },
+        &mesh.ctx(),
+    ));
+    let changed: Vec<&str> = resumed.resources.iter().map(|r| r.name.as_str()).collect();
+    assert!(
+        changed.is_empty(),
+        "nothing the proxy holds changed: {changed:?}"
+    );
+    assert_eq!(resumed.removed_resources, [V2]);
+}
+
+#[test]
+fn delta_subscribe_unsubscribe_and_ack() {
+    let mesh = Mesh::new();
+    let ctx = mesh.ctx();
+    let mut c = connection(Flavor::Delta);
+    let eds = delta_one(c.on_delta_request(
+        DeltaDiscoveryRequest {
+            type_url: ENDPOINT.into(),
+            resource_names_subscribe: vec![V1.into()],
+            ..Default::default()
+        },
+        &ctx,
+    ));
+    assert_eq!(eds.resources.len(), 1);
+    assert!(
+        !eds.resources[0].version.is_empty(),
+        "per-resource versions"
+    );
+    let ack = DeltaDiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        response_nonce: eds.nonce.clone(),
+        ..Default::default()
+    };
+    assert!(c.on_delta_request(ack, &ctx).is_empty());
+    assert_eq!(c.watches()[ENDPOINT].acked_nonce.as_ref(), Some(&eds.nonce));
+    let more = delta_one(c.on_delta_request(
+        DeltaDiscoveryRequest {
+            type_url: ENDPOINT.into(),
+            resource_names_subscribe: vec![V2.into()],
+            ..Default::default()
+        },
+        &ctx,
+    ));
+    assert_eq!(more.resources[0].name, V2);
+    let none = c.on_delta_request(
+        DeltaDiscoveryRequest {
+            type_url: ENDPOINT.into(),
+            resource_names_unsubscribe: vec![V1.into()],
+            ..Default::default()
+        },
+        &ctx,
+    );
+    assert!(none.is_empty());
+    assert!(!c.watches()[ENDPOINT].names.contains(V1));
+}
+
+#[test]
+fn delta_nack_keeps_state_and_does_not_loop() {
+    let mut mesh = Mesh::new();
+    let mut c = connection(Flavor::Delta);
+    let ctx = mesh.ctx();
+    let rds = delta_one(c.on_delta_request(
+        DeltaDiscoveryRequest {
+            type_url: ROUTE.into(),
+            resource_names_subscribe: vec!["9080".into()],
+            ..Default::default()
+        },
+        &ctx,
+    ));
+    c.on_delta_request(
+        DeltaDiscoveryRequest {
+            type_url: ROUTE.into(),
+            response_nonce: rds.nonce.clone(),
+            ..Default::default()
+        },
+        &ctx,
+    );
+    let changes = mesh.change(vec![vs(10, 90)]);
+    let push = delta_one(c.on_push(&mesh.ctx(), Some(&changes)));
+    let rejected = DeltaDiscoveryRequest {
+        type_url: ROUTE.into(),
+        response_nonce: push.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "bad route".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert!(c.on_delta_request(rejected.clone(), &mesh.ctx()).is_empty());
+    assert!(c.on_delta_request(rejected, &mesh.ctx()).is_empty());
+    assert_eq!(
+        c.take_nacks().len(),
+        1,
+        "a repeated NACK of the same nonce is stale"
+    );
+    assert_eq!(c.watches()[ROUTE].last_error.as_deref(), Some("bad route"));
+}
+
+#[test]
+fn delta_wildcard_removal_is_reported() {
+    let mut mesh = Mesh::new();
+    let mut c = connection(Flavor::Delta);
+    let cds = delta_one(c.on_delta_request(
+        DeltaDiscoveryRequest {
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        },
+        &mesh.ctx(),
+    ));
+    c.on_delta_request(
+        DeltaDiscoveryRequest {
+            type_url: CLUSTER.into(),
+            response_nonce: cds.nonce,
+            ..Default::default()
+        },
+        &mesh.ctx(),
+    );
+    let changes = mesh.change(vec![
+        mk_destination_rule(
+            "default",
+            "reviews",
+            "host: reviews\nsubsets:\n- {name: v1, labels: {version: v1}}\n",
+        ),
+        vs(100, 0),
+    ]);
+    let out = c.on_push(&mesh.ctx(), Some(&changes));
+    let Outgoing::Delta(cds) = &out[0] else {
+        panic!("delta expected")
+    };
+    assert_eq!(cds.type_url, CLUSTER);
+    assert_eq!(cds.removed_resources, [V2]);
+}

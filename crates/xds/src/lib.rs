@@ -1,0 +1,21 @@
+//! The xDS server: Envoy's Aggregated Discovery Service, state-of-the-world and delta.
+//!
+//! Place in the flow: the binary debounces index changes with [`Debouncer`] and hands each new
+//! snapshot to the [`Publisher`]; every proxy stream is a [`Connection`] state machine (no I/O)
+//! that turns requests and published snapshots into responses, drawing resources from the shared
+//! [`ResourceCache`]; [`AdsService`] only wires tonic streams to connections.
+
+mod connection;
+mod metrics;
+mod publish;
+mod resources;
+mod server;
+pub mod tls;
+mod types;
+
+pub use connection::{Connection, Flavor, Nack, Outgoing, PushContext, Watch};
+pub use metrics::{TYPE_LABELS, XdsMetrics};
+pub use publish::{DebounceConfig, Debouncer, Published, Publisher};
+pub use resources::{Resource, ResourceCache};
+pub use server::AdsService;
+pub use types::{ResourceType, TypeSet, affected_types};

@@ -1,0 +1,224 @@
+//! From index changes to published snapshots: the debounce decision (pure) and the publisher
+//! that hands each new snapshot, its resource cache and recent change history to connections.
+
+use crate::resources::ResourceCache;
+use meshpilot_model::{ChangeSet, Snapshot};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebounceConfig {
+    /// Publish once no change has arrived for this long (istiod: 100 ms).
+    pub quiet: Duration,
+    /// ...or once this long has passed since the first change of a burst (istiod: 10 s).
+    pub max: Duration,
+}
+
+impl Default for DebounceConfig {
+    fn default() -> Self {
+        DebounceConfig {
+            quiet: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Merges a burst of change sets and says when it is due. No clock of its own: callers pass
+/// `now`, so tests drive it directly.
+#[derive(Debug, Default)]
+pub struct Debouncer {
+    config: DebounceConfig,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    pending: ChangeSet,
+}
+
+impl Debouncer {
+    pub fn new(config: DebounceConfig) -> Self {
+        Debouncer {
+            config,
+            ..Default::default()
+        }
+    }
+
+    pub fn add(&mut self, changes: ChangeSet, now: Instant) {
+        if changes.is_empty() {
+            return;
+        }
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        self.pending.merge(changes);
+    }
+
+    /// When the pending burst is due, if there is one.
+    pub fn deadline(&self) -> Option<Instant> {
+        let (first, last) = (self.first?, self.last?);
+        Some((last + self.config.quiet).min(first + self.config.max))
+    }
+
+    /// The merged burst, once due.
+    pub fn take_due(&mut self, now: Instant) -> Option<ChangeSet> {
+        if self.deadline()? > now {
+            return None;
+        }
+        self.first = None;
+        self.last = None;
+        Some(std::mem::take(&mut self.pending))
+    }
+
+    /// Time from the first change of the pending burst to `now`.
+    pub fn burst_age(&self, now: Instant) -> Option<Duration> {
+        self.first.map(|f| now.saturating_duration_since(f))
+    }
+}
+
+/// How many published versions of change history connections can catch up through; a
+/// connection further behind recomputes every type (still sending only real differences).
+const HISTORY: usize = 64;
+
+/// One published state: what every connection pushes from.
+pub struct Published {
+    pub version: u64,
+    /// `<RFC 3339 time>/<version>`, as istiod formats push versions.
+    pub version_info: String,
+    pub cache: Arc<ResourceCache>,
+    history: VecDeque<(u64, Arc<ChangeSet>)>,
+}
+
+impl Published {
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        self.cache.snapshot()
+    }
+
+    /// Everything that changed after `version` up to this one, when the history still covers it.
+    pub fn changes_since(&self, version: u64) -> Option<ChangeSet> {
+        if version >= self.version {
+            return Some(ChangeSet::default());
+        }
+        let oldest = self.history.front().map(|(v, _)| *v)?;
+        if version + 1 < oldest {
+            return None;
+        }
+        let mut merged = ChangeSet::default();
+        for (v, changes) in &self.history {
+            if *v > version {
+                merged.merge((**changes).clone());
+            }
+        }
+        Some(merged)
+    }
+}
+
+pub struct Publisher {
+    sender: watch::Sender<Arc<Published>>,
+    history: VecDeque<(u64, Arc<ChangeSet>)>,
+}
+
+impl Publisher {
+    pub fn new(snapshot: Snapshot) -> (Publisher, watch::Receiver<Arc<Published>>) {
+        let version = snapshot.version;
+        let published = Arc::new(Published {
+            version,
+            version_info: version_info(version),
+            cache: Arc::new(ResourceCache::new(Arc::new(snapshot))),
+            history: VecDeque::new(),
+        });
+        let (sender, receiver) = watch::channel(published);
+        (
+            Publisher {
+                sender,
+                history: VecDeque::new(),
+            },
+            receiver,
+        )
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
+        self.sender.subscribe()
+    }
+
+    pub fn current(&self) -> Arc<Published> {
+        self.sender.borrow().clone()
+    }
+
+    /// Publishes `snapshot`, the result of `changes`.
+    pub fn publish(&mut self, snapshot: Snapshot, changes: ChangeSet) {
+        let version = snapshot.version;
+        let previous = self.current();
+        let cache = previous.cache.next(Arc::new(snapshot), &changes);
+        cache.prune_endpoints();
+        self.history.push_back((version, Arc::new(changes)));
+        while self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+        self.sender.send_replace(Arc::new(Published {
+            version,
+            version_info: version_info(version),
+            cache: Arc::new(cache),
+            history: self.history.clone(),
+        }));
+    }
+}
+
+fn version_info(version: u64) -> String {
+    format!(
+        "{}/{version}",
+        humantime::format_rfc3339_seconds(SystemTime::now())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshpilot_model::Hostname;
+
+    fn change(host: &str) -> ChangeSet {
+        ChangeSet {
+            endpoints: [Hostname::from(host)].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn publishes_after_quiet_period() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::new(DebounceConfig::default());
+        assert_eq!(d.deadline(), None);
+        d.add(change("a"), t0);
+        d.add(change("b"), t0 + Duration::from_millis(50));
+        assert!(d.take_due(t0 + Duration::from_millis(120)).is_none());
+        let burst = d.take_due(t0 + Duration::from_millis(150)).unwrap();
+        assert_eq!(burst.endpoints.len(), 2);
+        assert_eq!(d.deadline(), None);
+    }
+
+    #[test]
+    fn a_steady_stream_is_published_at_the_max_delay() {
+        let t0 = Instant::now();
+        let config = DebounceConfig {
+            quiet: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let mut d = Debouncer::new(config);
+        for i in 0..20 {
+            d.add(change("a"), t0 + Duration::from_millis(i * 60));
+        }
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn history_merges_missed_versions() {
+        let mut index = meshpilot_model::Index::default();
+        let (mut publisher, _rx) = Publisher::new(index.snapshot());
+        publisher.publish(index.snapshot(), change("a"));
+        publisher.publish(index.snapshot(), change("b"));
+        let current = publisher.current();
+        assert_eq!(current.version, 3);
+        let since_1 = current.changes_since(1).unwrap();
+        assert_eq!(since_1.endpoints.len(), 2);
+        assert_eq!(current.changes_since(2).unwrap().endpoints.len(), 1);
+        assert!(current.changes_since(3).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,152 @@
+//! The four xDS resource types a sidecar watches, their push order, and which of them a
+//! change can affect.
+
+use meshpilot_model::{ChangeSet, ConfigKind, Snapshot};
+use meshpilot_translate::type_urls;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceType {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+}
+
+impl ResourceType {
+    /// Push order within one push: CDS, EDS, LDS, RDS.
+    pub const PUSH_ORDER: [ResourceType; 4] = [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ];
+
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        match url {
+            type_urls::CLUSTER => Some(ResourceType::Cluster),
+            type_urls::ENDPOINT => Some(ResourceType::Endpoint),
+            type_urls::LISTENER => Some(ResourceType::Listener),
+            type_urls::ROUTE => Some(ResourceType::Route),
+            _ => None,
+        }
+    }
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => type_urls::CLUSTER,
+            ResourceType::Endpoint => type_urls::ENDPOINT,
+            ResourceType::Listener => type_urls::LISTENER,
+            ResourceType::Route => type_urls::ROUTE,
+        }
+    }
+
+    /// Short name used in logs and metrics (`cds`, `eds`, `lds`, `rds`).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "cds",
+            ResourceType::Endpoint => "eds",
+            ResourceType::Listener => "lds",
+            ResourceType::Route => "rds",
+        }
+    }
+
+    /// LDS and CDS are wildcard (the proxy gets everything); EDS and RDS are by name.
+    pub fn is_wildcard(self) -> bool {
+        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+}
+
+/// A small set of resource types.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TypeSet(u8);
+
+impl TypeSet {
+    pub const ALL: TypeSet = TypeSet(0b1111);
+
+    fn bit(t: ResourceType) -> u8 {
+        1 << (t as u8)
+    }
+
+    pub fn insert(&mut self, t: ResourceType) {
+        self.0 |= Self::bit(t);
+    }
+
+    pub fn contains(self, t: ResourceType) -> bool {
+        self.0 & Self::bit(t) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Which types a change can affect for any proxy (istiod's rule, applied per kind):
+/// services → everything; endpoints → EDS (and LDS when the service is headless, whose TCP
+/// listeners are per endpoint); VirtualServices → LDS (TCP routes) and RDS; DestinationRules →
+/// CDS, EDS (subset labels) and RDS (hash policies); pods → every type, since a pod is also a
+/// proxy whose labels and service targets shape its own config.
+pub fn affected_types(changes: &ChangeSet, snapshot: &Snapshot) -> TypeSet {
+    if !changes.services.is_empty() || !changes.pods.is_empty() {
+        return TypeSet::ALL;
+    }
+    let mut set = TypeSet::default();
+    if !changes.endpoints.is_empty() {
+        set.insert(ResourceType::Endpoint);
+        let headless = changes
+            .endpoints
+            .iter()
+            .any(|h| snapshot.service(h).is_some_and(|s| s.headless));
+        if headless {
+            set.insert(ResourceType::Listener);
+        }
+    }
+    for key in &changes.configs {
+        match key.kind {
+            ConfigKind::VirtualService => {
+                set.insert(ResourceType::Listener);
+                set.insert(ResourceType::Route);
+            }
+            ConfigKind::DestinationRule => {
+                set.insert(ResourceType::Cluster);
+                set.insert(ResourceType::Endpoint);
+                set.insert(ResourceType::Route);
+            }
+        }
+    }
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshpilot_model::{ConfigKey, Hostname};
+
+    #[test]
+    fn endpoint_changes_affect_only_eds() {
+        let changes = ChangeSet {
+            endpoints: [Hostname::from("a.default.svc.cluster.local")].into(),
+            ..Default::default()
+        };
+        let set = affected_types(&changes, &Snapshot::default());
+        assert!(set.contains(ResourceType::Endpoint));
+        assert!(!set.contains(ResourceType::Cluster));
+        assert!(!set.contains(ResourceType::Listener));
+        assert!(!set.contains(ResourceType::Route));
+    }
+
+    #[test]
+    fn virtual_service_changes_skip_cds_and_eds() {
+        let changes = ChangeSet {
+            configs: [ConfigKey {
+                kind: ConfigKind::VirtualService,
+                namespace: "default".into(),
+                name: "r".into(),
+            }]
+            .into(),
+            ..Default::default()
+        };
+        let set = affected_types(&changes, &Snapshot::default());
+        assert!(set.contains(ResourceType::Route) && set.contains(ResourceType::Listener));
+        assert!(!set.contains(ResourceType::Cluster) && !set.contains(ResourceType::Endpoint));
+    }
+}

@@ -1,0 +1,172 @@
+//! The tonic service over a real loopback gRPC connection: stream admission rules and a push
+//! reaching a connected client.
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use meshpilot_model::fixtures::{mk_pod, mk_service, mk_slice};
+use meshpilot_model::{Index, Object};
+use meshpilot_translate::type_urls::{CLUSTER, ENDPOINT};
+use meshpilot_xds::{AdsService, Publisher, XdsMetrics};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Server};
+
+const NODE: &str = "sidecar~10.244.1.20~productpage.default~default.svc.cluster.local";
+
+struct Harness {
+    client: AggregatedDiscoveryServiceClient<Channel>,
+    ready: watch::Sender<bool>,
+    publisher: Publisher,
+    index: Index,
+    _shutdown: watch::Sender<bool>,
+}
+
+async fn start(ready: bool) -> Harness {
+    let mut index = Index::default();
+    index.apply(Object::Service(mk_service(
+        "default",
+        "reviews",
+        "10.96.120.15",
+        &[("http", 9080)],
+    )));
+    index.apply(Object::Pod(mk_pod(
+        "default",
+        "reviews-v1",
+        "10.244.1.11",
+        &[("app", "reviews")],
+    )));
+    index.apply(Object::EndpointSlice(mk_slice(
+        "default",
+        "reviews",
+        &[("http", 9080)],
+        &[("reviews-v1", "10.244.1.11")],
+    )));
+    let (publisher, published) = Publisher::new(index.snapshot());
+    let (ready_tx, ready_rx) = watch::channel(ready);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let service = AdsService::new(
+        published,
+        ready_rx,
+        shutdown_rx,
+        Arc::new(XdsMetrics::default()),
+        "test".into(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Harness {
+        client,
+        ready: ready_tx,
+        publisher,
+        index,
+        _shutdown: shutdown_tx,
+    }
+}
+
+fn request(type_url: &str, names: &[&str], nonce: &str, node: bool) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: node.then(|| Node {
+            id: NODE.into(),
+            ..Default::default()
+        }),
+        type_url: type_url.into(),
+        resource_names: names.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn first_request_without_node_is_invalid_argument() {
+    let mut h = start(true).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(request(CLUSTER, &[], "", false)).await.unwrap();
+    let mut responses = h
+        .client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = tokio::time::timeout(Duration::from_secs(5), responses.next())
+        .await
+        .expect("an answer within 5 s")
+        .expect("a stream item")
+        .expect_err("an error status");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("node"), "{}", status.message());
+}
+
+#[tokio::test]
+async fn streams_wait_for_the_initial_sync() {
+    let mut h = start(false).await;
+    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(4);
+    let status = h
+        .client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect_err("refused before the sync");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    h.ready.send(true).unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(request(CLUSTER, &[], "", true)).await.unwrap();
+    let mut responses = h
+        .client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let cds = responses.next().await.unwrap().unwrap();
+    assert_eq!(cds.type_url, CLUSTER);
+}
+
+#[tokio::test]
+async fn endpoint_change_reaches_a_connected_client_as_eds_only() {
+    let mut h = start(true).await;
+    let (tx, rx) = mpsc::channel(8);
+    let mut responses = h
+        .client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let cluster = "outbound|9080||reviews.default.svc.cluster.local";
+    tx.send(request(CLUSTER, &[], "", true)).await.unwrap();
+    let cds = responses.next().await.unwrap().unwrap();
+    tx.send(request(CLUSTER, &[], &cds.nonce, false))
+        .await
+        .unwrap();
+    tx.send(request(ENDPOINT, &[cluster], "", false))
+        .await
+        .unwrap();
+    let eds = responses.next().await.unwrap().unwrap();
+    assert_eq!(eds.type_url, ENDPOINT);
+    tx.send(request(ENDPOINT, &[cluster], &eds.nonce, false))
+        .await
+        .unwrap();
+
+    let changes = h.index.apply(Object::EndpointSlice(mk_slice(
+        "default",
+        "reviews",
+        &[("http", 9080)],
+        &[("reviews-v1", "10.244.1.11"), ("reviews-v2", "10.244.2.12")],
+    )));
+    h.publisher.publish(h.index.snapshot(), changes);
+    let pushed = tokio::time::timeout(Duration::from_secs(5), responses.next())
+        .await
+        .expect("a push within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(pushed.type_url, ENDPOINT, "endpoint changes push EDS only");
+    assert_eq!(pushed.resources.len(), 1);
+}
