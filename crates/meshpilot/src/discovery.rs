@@ -3,10 +3,11 @@
 //! monitoring endpoint.
 
 use crate::monitoring;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use meshpilot_model::{ChangeSet, Index};
 use meshpilot_sources::FileSource;
+use meshpilot_sources::kubernetes::{self, KubernetesConfig};
 use meshpilot_xds::{AdsService, DebounceConfig, Debouncer, Publisher, XdsMetrics, tls};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,9 +19,20 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 #[derive(Args, Debug)]
 pub struct DiscoveryArgs {
     /// Directory of Kubernetes/Istio YAML to serve, read recursively and watched (repeatable).
-    /// Without it, meshpilot would read the Kubernetes API (not available yet).
+    /// Without it, meshpilot watches the Kubernetes API.
     #[arg(long = "config-dir")]
     pub config_dirs: Vec<PathBuf>,
+    /// kubeconfig for the Kubernetes API; default: in-cluster config, `$KUBECONFIG`, then
+    /// `~/.kube/config`.
+    #[arg(long, conflicts_with = "config_dirs")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Name of the cluster this control plane serves (Istio's `CLUSTER_ID`).
+    #[arg(long, default_value = "Kubernetes")]
+    pub cluster_id: String,
+    /// Only namespaces matching this label selector (e.g. `istio-injection=enabled`) are part of
+    /// the mesh.
+    #[arg(long, conflicts_with = "config_dirs")]
+    pub namespace_selector: Option<String>,
     /// Plaintext gRPC xDS.
     #[arg(long, default_value = "0.0.0.0:15010")]
     pub grpc_addr: SocketAddr,
@@ -62,12 +74,6 @@ pub struct DiscoveryArgs {
 }
 
 pub fn run(args: DiscoveryArgs) -> Result<()> {
-    if args.config_dirs.is_empty() {
-        bail!(
-            "no --config-dir given: the Kubernetes API source is not available yet; \
-             run with --config-dir DIR to serve a directory of YAML"
-        );
-    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,33 +82,44 @@ pub fn run(args: DiscoveryArgs) -> Result<()> {
 }
 
 async fn serve(args: DiscoveryArgs) -> Result<()> {
-    let mut source = FileSource::new(args.config_dirs.clone());
-    for error in source.load_all() {
-        tracing::warn!("{error}");
-    }
     let index = Arc::new(Mutex::new(Index::new(&args.domain)));
-    let snapshot = {
-        let mut index = index.lock().expect("index lock");
-        source.apply_to(&mut index);
-        index.snapshot()
+    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+    // Streams are admitted once `ready`; the debouncer raises it after publishing the first
+    // complete snapshot.
+    let (ready_tx, ready) = watch::channel(false);
+    let (synced_tx, synced) = watch::channel(false);
+    let _file_watcher = if args.config_dirs.is_empty() {
+        let client = meshpilot_sources::kubernetes::client(args.kubeconfig.as_deref())
+            .await
+            .context("connecting to the Kubernetes API (or pass --config-dir DIR)")?;
+        tracing::info!(cluster_id = %args.cluster_id, "watching the Kubernetes API");
+        let config = KubernetesConfig {
+            namespace_selector: args.namespace_selector.clone(),
+        };
+        let index = index.clone();
+        tokio::spawn(async move {
+            if let Err(e) = kubernetes::run(client, config, index, changes_tx, synced_tx).await {
+                tracing::error!("Kubernetes source stopped: {e}");
+            }
+        });
+        None
+    } else {
+        let mut source = FileSource::new(args.config_dirs.clone());
+        for error in source.load_all() {
+            tracing::warn!("{error}");
+        }
+        let change = source.apply_to(&mut index.lock().expect("index lock"));
+        let _ = changes_tx.send(change);
+        let (watcher, file_events) = meshpilot_sources::watch(&args.config_dirs)
+            .context("watching the config directories")?;
+        tokio::spawn(follow_files(source, file_events, index.clone(), changes_tx));
+        synced_tx.send_replace(true);
+        Some(watcher)
     };
-    log_rejections(&snapshot);
-    tracing::info!(
-        services = snapshot.services().count(),
-        virtual_services = snapshot.virtual_services().len(),
-        destination_rules = snapshot.destination_rules().len(),
-        "initial config loaded"
-    );
+    let snapshot = index.lock().expect("index lock").snapshot();
     let (publisher, published) = Publisher::new(snapshot);
-    // The file source is synced once loaded.
-    let (_ready_tx, ready) = watch::channel(true);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let metrics = Arc::new(XdsMetrics::default());
-
-    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-    let (_watcher, file_events) =
-        meshpilot_sources::watch(&args.config_dirs).context("watching the config directories")?;
-    tokio::spawn(follow_files(source, file_events, index.clone(), changes_tx));
     tokio::spawn(debounce(
         changes_rx,
         index.clone(),
@@ -111,12 +128,14 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
             quiet: args.debounce_after,
             max: args.debounce_max,
         },
+        synced,
+        ready_tx,
     ));
 
     let control_plane_id = serde_json::json!({
         "Component": "meshpilot",
         "ID": std::env::var("POD_NAME").unwrap_or_else(|_| hostname()),
-        "Info": {"version": env!("CARGO_PKG_VERSION")},
+        "Info": {"version": env!("CARGO_PKG_VERSION"), "cluster_id": args.cluster_id},
     })
     .to_string();
     let service = AdsService::new(
@@ -244,16 +263,43 @@ async fn follow_files(
     }
 }
 
+/// Publishes debounced bursts of changes. Until the sources have synced nothing is published;
+/// the first snapshot after the sync is published at once, and only then are streams admitted.
 async fn debounce(
     mut changes: mpsc::UnboundedReceiver<ChangeSet>,
     index: Arc<Mutex<Index>>,
     mut publisher: Publisher,
     config: DebounceConfig,
+    mut synced: watch::Receiver<bool>,
+    ready: watch::Sender<bool>,
 ) {
     let mut debouncer = Debouncer::new(config);
+    let mut ready_since_sync = false;
     loop {
-        let deadline = debouncer.deadline();
+        if !ready_since_sync && *synced.borrow_and_update() {
+            // Everything changed so far goes out as one complete snapshot.
+            while let Ok(change) = changes.try_recv() {
+                debouncer.add(change, Instant::now());
+            }
+            let burst = debouncer
+                .take_due(Instant::now() + config.max)
+                .unwrap_or_default();
+            let snapshot = index.lock().expect("index lock").snapshot();
+            log_rejections(&snapshot);
+            tracing::info!(
+                version = snapshot.version,
+                services = snapshot.services().count(),
+                virtual_services = snapshot.virtual_services().len(),
+                destination_rules = snapshot.destination_rules().len(),
+                "initial config synced and published"
+            );
+            publisher.publish(snapshot, burst);
+            ready.send_replace(true);
+            ready_since_sync = true;
+        }
+        let deadline = debouncer.deadline().filter(|_| ready_since_sync);
         tokio::select! {
+            _ = synced.changed(), if !ready_since_sync => continue,
             change = changes.recv() => match change {
                 Some(change) => debouncer.add(change, Instant::now()),
                 None => return,

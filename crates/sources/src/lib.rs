@@ -13,11 +13,12 @@
 
 pub mod convert;
 mod file;
+pub mod kubernetes;
 mod parse;
 mod watch;
 
 pub use file::FileSource;
-pub use parse::parse_documents;
+pub use parse::{object_from_json, parse_documents};
 pub use watch::watch;
 
 use meshpilot_model::Object;
@@ -88,6 +89,10 @@ pub enum SourceError {
         #[source]
         source: notify::Error,
     },
+    #[error("Kubernetes client configuration: {0}")]
+    KubeConfig(String),
+    #[error("Kubernetes API: {0}")]
+    KubeApi(#[from] kube::Error),
 }
 
 /// Kind, namespace and name of a loaded object, for error messages.

@@ -284,6 +284,17 @@ fn build_object(kind: KnownKind, value: Value) -> Result<Option<Object>, Convert
     }))
 }
 
+/// Converts one API object (as the API server returns it, `apiVersion` and `kind` included) to
+/// a model object. `Ok(None)`: a kind the mesh ignores, or an object with nothing to route to.
+pub fn object_from_json(value: serde_json::Value) -> Result<Option<Object>, ConvertError> {
+    let value: Value = serde_yaml_ng::to_value(value)
+        .map_err(|e| ConvertError::new(String::new(), e.to_string()))?;
+    match Identity::read(&value).known_kind() {
+        Some(kind) => build_object(kind, value),
+        None => Ok(None),
+    }
+}
+
 /// Deserializes, remembering which field failed.
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, ConvertError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
