@@ -1,8 +1,10 @@
 //! Shared pieces of meshpilot's golden and end-to-end tests: finding the real Envoy binary,
 //! loading golden cases, wrapping generated config in a bootstrap Envoy can validate, and
-//! ([`netns`]) a mini cluster of network namespaces to run Envoy and test apps in.
+//! ([`netns`]) a mini cluster of network namespaces to run Envoy and test apps in, and
+//! ([`kube`]) a real kube-apiserver 1.20 with etcd.
 
 pub mod canary;
+pub mod kube;
 pub mod netns;
 
 use anyhow::{Context, Result, bail};
