@@ -6,6 +6,7 @@
 pub mod canary;
 pub mod kube;
 pub mod netns;
+pub mod xds_client;
 
 use anyhow::{Context, Result, bail};
 use envoy_types::pb::envoy::config::bootstrap::v3::{Bootstrap, bootstrap};
