@@ -591,3 +591,60 @@ impl Drop for KillOnDrop {
         self.stop();
     }
 }
+
+/// The rendered deployment (for the 1.20 test server, its overlay) passes the API server's own
+/// validation in a server-side dry run: schemas, RBAC objects, Deployment, Service, PDB.
+#[test]
+fn rendered_manifests_pass_a_server_side_dry_run() -> Result<()> {
+    let server = ApiServer::start()?;
+    let overlay = workspace_root().join("deploy/kustomize/overlays/kubernetes-1.20");
+    let rendered = server.kubectl()?.arg("kustomize").arg(&overlay).output()?;
+    ensure!(
+        rendered.status.success(),
+        "kubectl kustomize: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let manifests = String::from_utf8(rendered.stdout)?;
+    ensure!(
+        manifests.contains("kind: Deployment")
+            && manifests.contains("kind: CustomResourceDefinition")
+    );
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), &manifests)?;
+    let applied = server
+        .kubectl()?
+        .args(["apply", "--dry-run=server", "-f"])
+        .arg(file.path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    let stdout = String::from_utf8_lossy(&applied.stdout);
+    // Namespaced objects can only be dry-run once their namespace exists.
+    let missing_namespace = stderr.contains("namespaces \"meshpilot-system\" not found");
+    ensure!(
+        applied.status.success() || missing_namespace,
+        "server-side dry run failed:\n{stdout}\n{stderr}"
+    );
+    if missing_namespace {
+        let ns = server
+            .kubectl()?
+            .args(["create", "namespace", "meshpilot-system"])
+            .output()?;
+        ensure!(
+            ns.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ns.stderr)
+        );
+        let again = server
+            .kubectl()?
+            .args(["apply", "--dry-run=server", "-f"])
+            .arg(file.path())
+            .output()?;
+        ensure!(
+            again.status.success(),
+            "server-side dry run failed:\n{}\n{}",
+            String::from_utf8_lossy(&again.stdout),
+            String::from_utf8_lossy(&again.stderr)
+        );
+    }
+    Ok(())
+}
