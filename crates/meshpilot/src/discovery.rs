@@ -5,7 +5,7 @@
 use crate::monitoring;
 use anyhow::{Context, Result};
 use clap::Args;
-use meshpilot_model::{ChangeSet, Index};
+use meshpilot_model::{ChangeSet, Index, Kind};
 use meshpilot_sources::FileSource;
 use meshpilot_sources::kubernetes::{self, KubernetesConfig};
 use meshpilot_xds::{AdsService, DebounceConfig, Debouncer, Publisher, XdsMetrics, tls};
@@ -39,9 +39,14 @@ pub struct DiscoveryArgs {
     /// TLS gRPC xDS.
     #[arg(long, default_value = "0.0.0.0:15012")]
     pub secure_grpc_addr: SocketAddr,
-    /// HTTP monitoring: /ready (and metrics/debug later).
+    /// HTTP monitoring: /ready, /metrics and /debug/* (syncz, config_dump, registryz, configz,
+    /// adsz).
     #[arg(long, default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
+    /// Serve /debug/* to any client; by default only loopback clients (e.g. through
+    /// `kubectl port-forward`) may read them, since they expose every proxy's config.
+    #[arg(long)]
+    pub debug_open: bool,
     /// Where the TLS serving certificate, key and root live (`cert-chain.pem`, `key.pem`,
     /// `root-cert.pem`); generated there on first start when absent.
     #[arg(long, default_value = "./meshpilot-tls")]
@@ -130,6 +135,7 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
         },
         synced,
         ready_tx,
+        metrics.clone(),
     ));
 
     let control_plane_id = serde_json::json!({
@@ -145,6 +151,7 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
         metrics.clone(),
         control_plane_id,
     );
+    let registry = service.registry();
 
     let mut sans = vec![
         "localhost".to_string(),
@@ -203,6 +210,8 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
             ready,
             published,
             metrics,
+            registry,
+            debug_open: args.debug_open,
         },
         stopped(shutdown.clone()),
     );
@@ -272,6 +281,7 @@ async fn debounce(
     config: DebounceConfig,
     mut synced: watch::Receiver<bool>,
     ready: watch::Sender<bool>,
+    metrics: Arc<XdsMetrics>,
 ) {
     let mut debouncer = Debouncer::new(config);
     let mut ready_since_sync = false;
@@ -279,6 +289,7 @@ async fn debounce(
         if !ready_since_sync && *synced.borrow_and_update() {
             // Everything changed so far goes out as one complete snapshot.
             while let Ok(change) = changes.try_recv() {
+                count_inbound_updates(&metrics, &change);
                 debouncer.add(change, Instant::now());
             }
             let burst = debouncer
@@ -301,7 +312,10 @@ async fn debounce(
         tokio::select! {
             _ = synced.changed(), if !ready_since_sync => continue,
             change = changes.recv() => match change {
-                Some(change) => debouncer.add(change, Instant::now()),
+                Some(change) => {
+                    count_inbound_updates(&metrics, &change);
+                    debouncer.add(change, Instant::now());
+                }
                 None => return,
             },
             _ = async {
@@ -324,9 +338,28 @@ async fn debounce(
                     debounce_ms = age.as_millis() as u64,
                     "publishing config"
                 );
+                metrics.observe_debounce(age);
                 publisher.publish(snapshot, burst);
             }
         }
+    }
+}
+
+/// `pilot_inbound_updates{type}`: one per kind a source change touched.
+fn count_inbound_updates(metrics: &XdsMetrics, change: &ChangeSet) {
+    for kind in &change.kinds {
+        metrics.count_inbound_update(inbound_label(*kind));
+    }
+}
+
+fn inbound_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Service => "services",
+        Kind::Pod => "pods",
+        Kind::Namespace => "namespaces",
+        Kind::EndpointSlice | Kind::Endpoints => "endpoints",
+        Kind::VirtualService => "virtualservices",
+        Kind::DestinationRule => "destinationrules",
     }
 }
 

@@ -155,6 +155,11 @@ impl Connection {
         &self.watches
     }
 
+    /// Some type has a change waiting for the proxy to answer its previous response.
+    pub fn owes_push(&self) -> bool {
+        self.watches.values().any(|w| w.owed)
+    }
+
     /// NACKs recorded since the last call.
     pub fn take_nacks(&mut self) -> Vec<Nack> {
         std::mem::take(&mut self.nacks)

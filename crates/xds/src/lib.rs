@@ -3,19 +3,24 @@
 //! Place in the flow: the binary debounces index changes with [`Debouncer`] and hands each new
 //! snapshot to the [`Publisher`]; every proxy stream is a [`Connection`] state machine (no I/O)
 //! that turns requests and published snapshots into responses, drawing resources from the shared
-//! [`ResourceCache`]; [`AdsService`] only wires tonic streams to connections.
+//! [`ResourceCache`]; [`AdsService`] only wires tonic streams to connections and records each
+//! one in the [`ConnectionRegistry`] the debug endpoints read; [`XdsMetrics`] is `/metrics`.
 
 mod connection;
 mod metrics;
 mod publish;
+mod registry;
 mod resources;
 mod server;
 pub mod tls;
 mod types;
 
 pub use connection::{Connection, Flavor, Nack, Outgoing, PushContext, Watch};
-pub use metrics::{TYPE_LABELS, XdsMetrics};
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, ConnectedGuard, XdsMetrics, type_label};
 pub use publish::{DebounceConfig, Debouncer, Published, Publisher};
+pub use registry::{
+    ConnectionInfo, ConnectionRegistry, ConnectionStatus, Registration, WatchStatus, config_dump,
+};
 pub use resources::{Resource, ResourceCache};
 pub use server::AdsService;
 pub use types::{ResourceType, TypeSet, affected_types};

@@ -84,6 +84,8 @@ pub struct Published {
     /// `<RFC 3339 time>/<version>`, as istiod formats push versions.
     pub version_info: String,
     pub cache: Arc<ResourceCache>,
+    /// When this state was published: the start of `pilot_proxy_convergence_time`.
+    pub published_at: Instant,
     history: VecDeque<(u64, Arc<ChangeSet>)>,
 }
 
@@ -123,6 +125,7 @@ impl Publisher {
             version,
             version_info: version_info(version),
             cache: Arc::new(ResourceCache::new(Arc::new(snapshot))),
+            published_at: Instant::now(),
             history: VecDeque::new(),
         });
         let (sender, receiver) = watch::channel(published);
@@ -157,6 +160,7 @@ impl Publisher {
             version,
             version_info: version_info(version),
             cache: Arc::new(cache),
+            published_at: Instant::now(),
             history: self.history.clone(),
         }));
     }

@@ -2,8 +2,9 @@
 //! is one task that selects over the proxy's requests, published snapshots and shutdown.
 
 use crate::connection::{Connection, Flavor, Outgoing, PushContext};
-use crate::metrics::XdsMetrics;
+use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
+use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus, WatchStatus};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -12,10 +13,11 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use meshpilot_model::{Proxy, ProxyMetadata};
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -40,6 +42,7 @@ struct Inner {
     control_plane_id: String,
     connection_counter: AtomicU64,
     metrics: Arc<XdsMetrics>,
+    registry: Arc<ConnectionRegistry>,
 }
 
 impl AdsService {
@@ -58,8 +61,14 @@ impl AdsService {
                 control_plane_id,
                 connection_counter: AtomicU64::new(0),
                 metrics,
+                registry: Arc::default(),
             }),
         }
+    }
+
+    /// The connections this service holds, for the debug endpoints.
+    pub fn registry(&self) -> Arc<ConnectionRegistry> {
+        self.inner.registry.clone()
     }
 
     pub fn into_server(self) -> AggregatedDiscoveryServiceServer<AdsService> {
@@ -150,10 +159,15 @@ impl AdsService {
             ));
         }
         let inner = self.inner.clone();
-        let span = tracing::info_span!("ads", peer = ?peer, node = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "ads",
+            peer = ?peer,
+            node = tracing::field::Empty,
+            connection = tracing::field::Empty
+        );
         tokio::spawn(
             async move {
-                if let Err(status) = serve_stream(&inner, flavor, inbound, &sink).await {
+                if let Err(status) = serve_stream(&inner, flavor, peer, inbound, &sink).await {
                     tracing::info!(code = ?status.code(), "stream closed: {}", status.message());
                     sink.send(Err(status)).await;
                 }
@@ -167,6 +181,7 @@ impl AdsService {
 async fn serve_stream(
     inner: &Inner,
     flavor: Flavor,
+    peer: Option<std::net::SocketAddr>,
     mut inbound: InboundStream,
     sink: &Sink,
 ) -> Result<(), Status> {
@@ -178,27 +193,57 @@ async fn serve_stream(
     let node = first.node().ok_or_else(|| {
         Status::invalid_argument("the first request on an xDS stream must carry `node`")
     })?;
-    let proxy = proxy_from_node(node)?;
+    let (proxy, metadata) = proxy_from_node(node)?;
     let id = format!(
         "{}-{}",
         proxy.id(),
         inner.connection_counter.fetch_add(1, Ordering::Relaxed) + 1
     );
-    tracing::Span::current().record("node", node.id.as_str());
-    tracing::info!(connection = %id, ?flavor, "proxy connected");
+    let span = tracing::Span::current();
+    span.record("node", node.id.as_str());
+    span.record("connection", id.as_str());
+    tracing::info!(?flavor, "proxy connected");
+    let info = Arc::new(ConnectionInfo {
+        id: id.clone(),
+        node_id: node.id.clone(),
+        flavor,
+        peer,
+        connected_at: SystemTime::now(),
+        istio_version: metadata
+            .get("ISTIO_VERSION")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        locality: match &node.locality {
+            Some(locality) => meshpilot_translate::dump::to_json(locality)
+                .unwrap_or_else(|_| serde_json::json!({})),
+            None => serde_json::json!({}),
+        },
+        metadata,
+    });
     let mut connection = Connection::new(id, proxy, flavor, &inner.control_plane_id);
-    let _connected = inner.metrics.connected();
+    let _connected = inner.metrics.connected(&info.istio_version);
     let mut published = inner.published.clone();
     let mut shutdown = inner.shutdown.clone();
     let mut current = published.borrow_and_update().clone();
+    let _registration = inner.registry.register(ConnectionStatus {
+        info: info.clone(),
+        proxy: connection.proxy().clone(),
+        watches: BTreeMap::new(),
+        pushed_from: current.clone(),
+        last_push: None,
+    });
+    let mut delivery = Delivery::default();
     let mut request = Some(first);
     loop {
-        let outgoing = if let Some(req) = request.take() {
+        let (trigger, outgoing, computed) = if let Some(req) = request.take() {
+            let started = Instant::now();
             let ctx = context(&current);
-            match req {
+            let out = match req {
                 Incoming::Sotw(r) => connection.on_sotw_request(r, &ctx),
                 Incoming::Delta(r) => connection.on_delta_request(r, &ctx),
-            }
+            };
+            ("request", out, started.elapsed())
         } else {
             tokio::select! {
                 next = inbound.next() => match next {
@@ -208,7 +253,7 @@ async fn serve_stream(
                         return Ok(());
                     }
                     None => {
-                        tracing::info!(connection = %connection.id, "proxy disconnected");
+                        tracing::info!("proxy disconnected");
                         return Ok(());
                     }
                 },
@@ -221,8 +266,12 @@ async fn serve_stream(
                     current = next;
                     let started = Instant::now();
                     let out = connection.on_push(&context(&current), changes.as_ref());
-                    inner.metrics.observe_push_time(started.elapsed());
-                    out
+                    let computed = started.elapsed();
+                    if !out.is_empty() || connection.owes_push() {
+                        // Converged once nothing for this (or an earlier) publish is owed.
+                        delivery.converging.get_or_insert(current.published_at);
+                    }
+                    ("push", out, computed)
                 }
                 _ = shutdown.changed() => {
                     return Err(Status::unavailable("control plane shutting down"));
@@ -231,7 +280,6 @@ async fn serve_stream(
         };
         for nack in connection.take_nacks() {
             tracing::warn!(
-                connection = %connection.id,
                 type_url = %nack.type_url,
                 nonce = %nack.nonce,
                 error_detail = %nack.error,
@@ -239,23 +287,76 @@ async fn serve_stream(
             );
             inner.metrics.count_nack(&nack.type_url);
         }
+        if !outgoing.is_empty() {
+            inner.metrics.observe_push_time(computed);
+            log_push(&connection, trigger, &outgoing, computed);
+        }
         for response in outgoing {
-            inner
-                .metrics
-                .count_push(response.type_url(), response.resource_bytes());
-            tracing::debug!(
-                connection = %connection.id,
-                type_url = response.type_url(),
-                nonce = response.nonce(),
-                resources = response.resource_count(),
-                bytes = response.resource_bytes(),
-                "push"
-            );
+            let type_url = response.type_url().to_string();
+            let bytes = response.resource_bytes();
             if !sink.send(Ok(response)).await {
+                inner.metrics.count_send_error(&type_url);
                 return Ok(());
             }
+            inner.metrics.count_push(&type_url, bytes);
+            let now = SystemTime::now();
+            delivery.sent_at.insert(type_url, now);
+            delivery.last_push = Some(now);
         }
+        if !connection.owes_push()
+            && let Some(since) = delivery.converging.take()
+        {
+            inner.metrics.observe_convergence(since.elapsed());
+        }
+        inner.registry.update(&connection.id, |status| {
+            status.proxy = connection.proxy().clone();
+            status.watches = connection
+                .watches()
+                .iter()
+                .map(|(url, w)| {
+                    let sent_at = delivery.sent_at.get(url).copied();
+                    (url.clone(), WatchStatus::of(w, sent_at))
+                })
+                .collect();
+            status.pushed_from = current.clone();
+            status.last_push = delivery.last_push;
+        });
     }
+}
+
+/// What the stream task itself knows about delivery: times (the [`Connection`] has no clock).
+#[derive(Default)]
+struct Delivery {
+    sent_at: BTreeMap<String, SystemTime>,
+    last_push: Option<SystemTime>,
+    /// When the oldest publish not yet fully delivered to this proxy happened.
+    converging: Option<Instant>,
+}
+
+/// One debug line per batch of responses: proxy, types with sizes, and compute time.
+fn log_push(connection: &Connection, trigger: &str, outgoing: &[Outgoing], computed: Duration) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let sizes: Vec<String> = outgoing
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}/{}B",
+                type_label(r.type_url()),
+                r.resource_count(),
+                r.resource_bytes()
+            )
+        })
+        .collect();
+    tracing::debug!(
+        proxy = %connection.proxy().id(),
+        trigger,
+        types = %sizes.join(","),
+        bytes = outgoing.iter().map(Outgoing::resource_bytes).sum::<usize>(),
+        duration_us = computed.as_micros() as u64,
+        "push"
+    );
 }
 
 fn context(published: &Arc<Published>) -> PushContext {
@@ -265,13 +366,16 @@ fn context(published: &Arc<Published>) -> PushContext {
     }
 }
 
-fn proxy_from_node(node: &Node) -> Result<Proxy, Status> {
+/// The proxy a node describes, and its metadata as JSON.
+fn proxy_from_node(node: &Node) -> Result<(Proxy, serde_json::Value), Status> {
     let metadata = match &node.metadata {
         Some(metadata) => meshpilot_translate::dump::to_json(metadata)
             .map_err(|e| Status::invalid_argument(format!("node metadata: {e}")))?,
         None => serde_json::Value::Null,
     };
-    let metadata =
+    let parsed =
         ProxyMetadata::from_json(&metadata).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    Proxy::from_node(&node.id, &metadata).map_err(|e| Status::invalid_argument(e.to_string()))
+    let proxy =
+        Proxy::from_node(&node.id, &parsed).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok((proxy, metadata))
 }

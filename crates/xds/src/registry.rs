@@ -1,0 +1,435 @@
+//! Who is connected and what each proxy has been sent: the source of istiod's debug views
+//! (`/debug/syncz`, `/debug/adsz`, `/debug/config_dump`). Each stream task keeps its own entry
+//! up to date after every request and push; the entry goes when the stream ends.
+
+use crate::connection::{Flavor, Watch};
+use crate::publish::Published;
+use crate::types::ResourceType;
+use dashmap::DashMap;
+use meshpilot_model::Proxy;
+use meshpilot_translate::dump::{self, DumpError};
+use meshpilot_translate::type_urls;
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// What a connection announced when it connected; fixed for its lifetime.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    /// `<pod>.<namespace>-<counter>`, as istiod names connections.
+    pub id: String,
+    pub node_id: String,
+    pub flavor: Flavor,
+    pub peer: Option<SocketAddr>,
+    pub connected_at: SystemTime,
+    /// `node.metadata` as protobuf JSON.
+    pub metadata: Value,
+    /// `node.locality` as protobuf JSON (`{}` when unset).
+    pub locality: Value,
+    /// `ISTIO_VERSION` from the metadata, empty when absent.
+    pub istio_version: String,
+}
+
+/// One type's subscription and delivery state, as the debug views show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchStatus {
+    pub wildcard: bool,
+    /// Explicitly subscribed names; for a wildcard watch, the names the proxy holds.
+    pub names: Vec<String>,
+    /// Nonce of the last response sent, empty before the first.
+    pub sent_nonce: String,
+    /// Nonce of the last response ACKed, empty before the first ACK.
+    pub acked_nonce: String,
+    pub sent_at: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub nacks: u64,
+}
+
+impl WatchStatus {
+    pub fn of(watch: &Watch, sent_at: Option<SystemTime>) -> Self {
+        let names = if watch.wildcard {
+            watch.sent.keys().cloned().collect()
+        } else {
+            watch.names.iter().cloned().collect()
+        };
+        WatchStatus {
+            wildcard: watch.wildcard,
+            names,
+            sent_nonce: watch.last_sent_nonce.clone().unwrap_or_default(),
+            acked_nonce: watch.acked_nonce.clone().unwrap_or_default(),
+            sent_at,
+            last_error: watch.last_error.clone(),
+            nacks: watch.nacks,
+        }
+    }
+}
+
+/// A connection as of its latest request or push.
+#[derive(Clone)]
+pub struct ConnectionStatus {
+    pub info: Arc<ConnectionInfo>,
+    /// The proxy as last refreshed from the snapshot (pod labels win over metadata labels).
+    pub proxy: Proxy,
+    /// Keyed by type URL.
+    pub watches: BTreeMap<String, WatchStatus>,
+    /// The published state the connection last computed responses from.
+    pub pushed_from: Arc<Published>,
+    /// When the connection last sent any response.
+    pub last_push: Option<SystemTime>,
+}
+
+impl std::fmt::Debug for ConnectionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionStatus")
+            .field("info", &self.info)
+            .field("watches", &self.watches)
+            .field("version", &self.pushed_from.version_info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every connection this server holds, by connection id.
+#[derive(Debug, Default)]
+pub struct ConnectionRegistry {
+    connections: DashMap<String, ConnectionStatus>,
+}
+
+/// Removes its connection from the registry when dropped, however the stream ends.
+pub struct Registration {
+    registry: Arc<ConnectionRegistry>,
+    id: String,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.connections.remove(&self.id);
+    }
+}
+
+impl ConnectionRegistry {
+    pub fn register(self: &Arc<Self>, status: ConnectionStatus) -> Registration {
+        let id = status.info.id.clone();
+        self.connections.insert(id.clone(), status);
+        Registration {
+            registry: self.clone(),
+            id,
+        }
+    }
+
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut ConnectionStatus)) {
+        if let Some(mut status) = self.connections.get_mut(id) {
+            change(&mut status);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.connections.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.connections.is_empty()
+    }
+
+    /// Every connection, ordered by connect time then id.
+    pub fn connections(&self) -> Vec<ConnectionStatus> {
+        let mut all: Vec<ConnectionStatus> =
+            self.connections.iter().map(|e| e.value().clone()).collect();
+        all.sort_by(|a, b| {
+            (a.info.connected_at, &a.info.id).cmp(&(b.info.connected_at, &b.info.id))
+        });
+        all
+    }
+
+    /// The connection whose id contains `proxy_id` (istiod's rule: `pod.ns` finds
+    /// `pod.ns-7`); the newest wins when a proxy has reconnected.
+    pub fn find(&self, proxy_id: &str) -> Option<ConnectionStatus> {
+        self.connections()
+            .into_iter()
+            .rev()
+            .find(|c| c.info.id.contains(proxy_id))
+    }
+
+    /// `/debug/syncz`: per connection, the nonces sent and ACKed for each type.
+    pub fn syncz(&self, namespace: Option<&str>) -> Value {
+        Value::Array(
+            self.connections()
+                .iter()
+                .filter(|c| namespace.is_none_or(|ns| c.proxy.namespace == ns))
+                .map(syncz_entry)
+                .collect(),
+        )
+    }
+
+    /// `/debug/adsz`: every client with its identity and watches.
+    pub fn adsz(&self) -> Value {
+        let clients: Vec<Value> = self.connections().iter().map(adsz_entry).collect();
+        json!({"totalClients": clients.len(), "clients": clients})
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+fn syncz_entry(c: &ConnectionStatus) -> Value {
+    let mut entry = Map::new();
+    entry.insert("cluster_id".into(), c.proxy.cluster_id.clone().into());
+    entry.insert("proxy".into(), c.proxy.id().into());
+    entry.insert("connection_id".into(), c.info.id.clone().into());
+    entry.insert("proxy_type".into(), "sidecar".into());
+    entry.insert("istio_version".into(), c.info.istio_version.clone().into());
+    for (prefix, url) in [
+        ("cluster", type_urls::CLUSTER),
+        ("listener", type_urls::LISTENER),
+        ("route", type_urls::ROUTE),
+        ("endpoint", type_urls::ENDPOINT),
+    ] {
+        let watch = c.watches.get(url);
+        let nonce = |f: fn(&WatchStatus) -> &String| watch.map(f).cloned().unwrap_or_default();
+        entry.insert(format!("{prefix}_sent"), nonce(|w| &w.sent_nonce).into());
+        entry.insert(format!("{prefix}_acked"), nonce(|w| &w.acked_nonce).into());
+    }
+    entry.insert(
+        "last_push_time".into(),
+        c.last_push.map(rfc3339).map_or(Value::Null, Value::from),
+    );
+    let resources: Map<String, Value> = c
+        .watches
+        .iter()
+        .map(|(url, w)| {
+            let mut r = Map::new();
+            r.insert("sent".into(), w.sent_nonce.clone().into());
+            r.insert("acked".into(), w.acked_nonce.clone().into());
+            if let Some(at) = w.sent_at {
+                r.insert("sentTime".into(), rfc3339(at).into());
+            }
+            if let Some(error) = &w.last_error {
+                r.insert("lastError".into(), error.clone().into());
+            }
+            (url.clone(), Value::Object(r))
+        })
+        .collect();
+    entry.insert("resources".into(), Value::Object(resources));
+    Value::Object(entry)
+}
+
+fn adsz_entry(c: &ConnectionStatus) -> Value {
+    let watches: Map<String, Value> = c
+        .watches
+        .iter()
+        .map(|(url, w)| (url.clone(), json!(w.names)))
+        .collect();
+    json!({
+        "connectionId": c.info.id,
+        "connectedAt": rfc3339(c.info.connected_at),
+        "address": c.info.peer.map(|p| p.to_string()).unwrap_or_default(),
+        "nodeId": c.info.node_id,
+        "flavor": match c.info.flavor { Flavor::Sotw => "sotw", Flavor::Delta => "delta" },
+        "labels": c.proxy.labels,
+        "metadata": c.info.metadata,
+        "locality": c.info.locality,
+        "version": c.pushed_from.version_info,
+        "watches": watches,
+    })
+}
+
+/// Envoy's admin `config_dump` of what was sent to this connection: regenerated from the state
+/// it last pushed from, for its proxy, holding only the types and names it subscribed to.
+pub fn config_dump(
+    status: &ConnectionStatus,
+    types: &[dump::ResourceType],
+) -> Result<Value, DumpError> {
+    let snapshot = status.pushed_from.snapshot();
+    let mut config = meshpilot_translate::build_proxy_config(snapshot, &status.proxy);
+    let watched = |kind: ResourceType| status.watches.get(kind.type_url());
+    if watched(ResourceType::Cluster).is_none() {
+        config.clusters.clear();
+    }
+    if watched(ResourceType::Listener).is_none() {
+        config.listeners.clear();
+    }
+    // RDS and EDS are by name: keep what the proxy asked for.
+    let names = |kind: ResourceType| -> BTreeSet<&str> {
+        watched(kind)
+            .map(|w| w.names.iter().map(String::as_str).collect())
+            .unwrap_or_default()
+    };
+    let routes = names(ResourceType::Route);
+    config.routes.retain(|r| routes.contains(r.name.as_str()));
+    let endpoints = names(ResourceType::Endpoint);
+    config
+        .endpoints
+        .retain(|e| endpoints.contains(e.cluster_name.as_str()));
+    let dump = dump::config_dump(&config, &status.pushed_from.version_info, types);
+    dump::to_json(&dump)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::Publisher;
+    use meshpilot_model::fixtures::{mk_pod, mk_service, mk_slice};
+    use meshpilot_model::{Index, Object, ProxyMetadata};
+    use std::time::Duration;
+
+    const NODE: &str = "sidecar~10.244.1.20~productpage.default~default.svc.cluster.local";
+
+    fn published() -> Arc<Published> {
+        let mut index = Index::default();
+        index.apply(Object::Service(mk_service(
+            "default",
+            "reviews",
+            "10.96.120.15",
+            &[("http", 9080)],
+        )));
+        index.apply(Object::Pod(mk_pod(
+            "default",
+            "reviews-v1",
+            "10.244.1.11",
+            &[("app", "reviews")],
+        )));
+        index.apply(Object::EndpointSlice(mk_slice(
+            "default",
+            "reviews",
+            &[("http", 9080)],
+            &[("reviews-v1", "10.244.1.11")],
+        )));
+        Publisher::new(index.snapshot()).0.current()
+    }
+
+    fn status(id: &str, connected_at: SystemTime) -> ConnectionStatus {
+        let proxy = Proxy::from_node(NODE, &ProxyMetadata::default()).unwrap();
+        let cluster = "outbound|9080||reviews.default.svc.cluster.local";
+        let watches = BTreeMap::from([
+            (
+                type_urls::CLUSTER.to_string(),
+                WatchStatus {
+                    wildcard: true,
+                    names: vec![cluster.into()],
+                    sent_nonce: "v/1-2".into(),
+                    acked_nonce: "v/1-2".into(),
+                    sent_at: Some(SystemTime::UNIX_EPOCH),
+                    ..Default::default()
+                },
+            ),
+            (
+                type_urls::ENDPOINT.to_string(),
+                WatchStatus {
+                    names: vec![cluster.into()],
+                    sent_nonce: "v/1-3".into(),
+                    last_error: Some("bad endpoint".into()),
+                    nacks: 1,
+                    ..Default::default()
+                },
+            ),
+        ]);
+        ConnectionStatus {
+            info: Arc::new(ConnectionInfo {
+                id: id.into(),
+                node_id: NODE.into(),
+                flavor: Flavor::Sotw,
+                peer: Some("127.0.0.1:40000".parse().unwrap()),
+                connected_at,
+                metadata: json!({"NAMESPACE": "default"}),
+                locality: json!({}),
+                istio_version: "1.26.0".into(),
+            }),
+            proxy,
+            watches,
+            pushed_from: published(),
+            last_push: Some(SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn entries_leave_with_their_registration() {
+        let registry = Arc::new(ConnectionRegistry::default());
+        let first = registry.register(status("productpage.default-1", SystemTime::now()));
+        assert_eq!(registry.len(), 1);
+        registry.update("productpage.default-1", |s| s.last_push = None);
+        assert_eq!(registry.connections()[0].last_push, None);
+        drop(first);
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn find_matches_a_substring_and_prefers_the_newest_connection() {
+        let registry = Arc::new(ConnectionRegistry::default());
+        let t0 = SystemTime::now();
+        let _old = registry.register(status("productpage.default-1", t0));
+        let _new = registry.register(status("productpage.default-2", t0 + Duration::from_secs(1)));
+        assert_eq!(
+            registry.find("productpage.default").unwrap().info.id,
+            "productpage.default-2"
+        );
+        assert!(registry.find("reviews.default").is_none());
+    }
+
+    #[test]
+    fn syncz_reports_nonces_per_type() {
+        let registry = Arc::new(ConnectionRegistry::default());
+        let _r = registry.register(status("productpage.default-1", SystemTime::now()));
+        let syncz = registry.syncz(None);
+        let entry = &syncz[0];
+        assert_eq!(entry["proxy"], "productpage.default");
+        assert_eq!(entry["connection_id"], "productpage.default-1");
+        assert_eq!(entry["proxy_type"], "sidecar");
+        assert_eq!(entry["cluster_id"], "Kubernetes");
+        assert_eq!(entry["istio_version"], "1.26.0");
+        assert_eq!(entry["cluster_sent"], entry["cluster_acked"]);
+        assert_eq!(entry["endpoint_sent"], "v/1-3");
+        assert_eq!(entry["endpoint_acked"], "");
+        assert_eq!(entry["listener_sent"], "");
+        assert_eq!(entry["last_push_time"], "1970-01-01T00:00:00Z");
+        let eds = &entry["resources"][type_urls::ENDPOINT];
+        assert_eq!(eds["lastError"], "bad endpoint");
+        assert_eq!(
+            entry["resources"][type_urls::CLUSTER]["sentTime"],
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(registry.syncz(Some("other")), json!([]));
+    }
+
+    #[test]
+    fn adsz_lists_clients_with_watches() {
+        let registry = Arc::new(ConnectionRegistry::default());
+        let _r = registry.register(status("productpage.default-1", SystemTime::now()));
+        let adsz = registry.adsz();
+        assert_eq!(adsz["totalClients"], 1);
+        let client = &adsz["clients"][0];
+        assert_eq!(client["connectionId"], "productpage.default-1");
+        assert_eq!(client["address"], "127.0.0.1:40000");
+        assert_eq!(client["metadata"]["NAMESPACE"], "default");
+        assert_eq!(
+            client["watches"][type_urls::ENDPOINT][0],
+            "outbound|9080||reviews.default.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn config_dump_holds_only_watched_types_and_names() {
+        let s = status("productpage.default-1", SystemTime::now());
+        let json = config_dump(&s, &dump::ResourceType::ALL).unwrap();
+        let types: Vec<&str> = json["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["@type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types.len(), 4, "{types:?}");
+        // CDS is watched: every cluster; LDS/RDS are not: nothing.
+        let clusters = &json["configs"][0]["dynamic_active_clusters"];
+        assert!(clusters.as_array().unwrap().len() > 1);
+        assert!(json["configs"][1].get("dynamic_listeners").is_none());
+        let endpoints = json["configs"][3]["dynamic_endpoint_configs"]
+            .as_array()
+            .unwrap();
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(
+            endpoints[0]["endpoint_config"]["cluster_name"],
+            "outbound|9080||reviews.default.svc.cluster.local"
+        );
+    }
+}
