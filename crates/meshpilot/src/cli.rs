@@ -37,6 +37,12 @@ pub enum Command {
     Discovery(crate::discovery::DiscoveryArgs),
     /// Install istio-init's nat rules that steer the pod's traffic through the sidecar.
     Iptables(IptablesArgs),
+    /// Sync state (CDS/LDS/EDS/RDS) of every proxy connected to a running control plane.
+    ProxyStatus(crate::proxy_status::ProxyStatusArgs),
+    /// One proxy's listeners, routes, clusters or endpoints as tables, from a running control
+    /// plane or offline from a config directory.
+    #[command(subcommand_value_name = "TYPE")]
+    ProxyConfig(crate::proxy_config::ProxyConfigArgs),
 }
 
 #[derive(Args, Debug)]

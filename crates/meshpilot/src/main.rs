@@ -3,10 +3,15 @@
 mod bootstrap_cmd;
 mod cli;
 mod config_dump;
+mod config_tables;
+mod control_plane;
 mod discovery;
 mod iptables_cmd;
 mod logging;
 mod monitoring;
+mod proxy_config;
+mod proxy_status;
+mod tables;
 
 use clap::Parser;
 
@@ -18,6 +23,8 @@ fn main() -> std::process::ExitCode {
         cli::Command::Discovery(args) => discovery::run(args),
         cli::Command::Bootstrap(args) => bootstrap_cmd::run(args),
         cli::Command::Iptables(args) => iptables_cmd::run(args),
+        cli::Command::ProxyStatus(args) => proxy_status::run(args),
+        cli::Command::ProxyConfig(args) => proxy_config::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
