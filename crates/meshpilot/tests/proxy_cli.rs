@@ -471,3 +471,79 @@ async fn online_status_and_config_match_a_connected_sidecar() {
     assert!(!unknown.status.success());
     drop(sidecar);
 }
+
+/// A proxy that has been sent CDS but has not ACKed it shows STALE; once it ACKs, SYNCED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_stale_until_the_push_is_acked() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use tokio_stream::StreamExt;
+
+    let plane = ControlPlane::start();
+    let url = plane.monitoring_url.clone();
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", plane.grpc))
+        .await
+        .expect("connect to ADS");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: PRODUCTPAGE_NODE.into(),
+            ..Default::default()
+        }),
+        type_url: cds.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = responses.next().await.expect("a CDS response").expect("ok");
+
+    let row = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with(PRODUCTPAGE))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let status = |url: String| async move {
+        let out = run_cli(owned(&["proxy-status", "--control-plane", &url])).await;
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stale = loop {
+        let text = status(url.clone()).await;
+        if row(&text).contains("STALE") || Instant::now() > deadline {
+            break row(&text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // CDS sent and not ACKed; nothing of the other types was asked for.
+    assert!(stale.contains("STALE"), "{stale}\n{}", plane.logs());
+    assert_eq!(stale.matches("NOT SENT").count(), 3, "{stale}");
+
+    tx.send(DiscoveryRequest {
+        type_url: cds.into(),
+        version_info: first.version_info.clone(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let synced = loop {
+        let text = status(url.clone()).await;
+        if row(&text).contains("SYNCED") || Instant::now() > deadline {
+            break row(&text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        synced.contains("SYNCED") && !synced.contains("STALE"),
+        "{synced}"
+    );
+}
