@@ -48,20 +48,53 @@ pub struct ClientState {
     pub versions: BTreeMap<String, String>,
     /// Set when the stream ended, with the reason.
     pub closed: Option<String>,
+    /// Names held per type URL (kept in light mode too).
+    pub names: BTreeMap<String, BTreeSet<String>>,
+    /// Cluster name → its EDS service name, for clusters fed by EDS.
+    eds_of_cluster: BTreeMap<String, String>,
+    /// Listener name → the RDS names its HTTP connection managers use.
+    routes_of_listener: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl ClientState {
+    fn held(&self, type_url: &str) -> usize {
+        self.names.get(type_url).map_or(0, BTreeSet::len)
+    }
+
+    fn holds(&self, type_url: &str, name: &str) -> bool {
+        self.names.get(type_url).is_some_and(|n| n.contains(name))
+    }
+
+    /// EDS names the clusters held want.
+    pub fn eds_wanted(&self) -> BTreeSet<String> {
+        self.eds_of_cluster.values().cloned().collect()
+    }
+
+    /// RDS names the listeners held want.
+    pub fn rds_wanted(&self) -> BTreeSet<String> {
+        self.routes_of_listener
+            .values()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
     /// CDS, EDS (for every EDS cluster), LDS and RDS (for every route name) have all arrived.
     pub fn is_complete(&self) -> bool {
-        !self.clusters.is_empty()
-            && !self.listeners.is_empty()
-            && eds_names(&self.clusters)
-                .iter()
-                .all(|n| self.endpoints.contains_key(n))
-            && route_names(&self.listeners)
-                .iter()
-                .all(|n| self.routes.contains_key(n))
+        self.held(CLUSTER) > 0
+            && self.held(LISTENER) > 0
+            && self.eds_wanted().iter().all(|n| self.holds(ENDPOINT, n))
+            && self.rds_wanted().iter().all(|n| self.holds(ROUTE, n))
     }
+}
+
+/// How much of what it receives a client keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Every decoded resource (tests inspect them).
+    Resources,
+    /// Names and statistics only (thousands of simulated proxies in one process).
+    Names,
 }
 
 pub struct XdsClient {
@@ -94,8 +127,18 @@ pub fn metadata(pairs: &[(&str, &str)]) -> Struct {
 }
 
 impl XdsClient {
-    /// Connects to `http://addr` and starts subscribing.
+    /// Connects to `http://addr` and starts subscribing, keeping every resource.
     pub async fn connect(addr: &str, node_id: &str, meta: Struct, flavor: Flavor) -> Result<Self> {
+        Self::connect_keeping(addr, node_id, meta, flavor, Keep::Resources).await
+    }
+
+    pub async fn connect_keeping(
+        addr: &str,
+        node_id: &str,
+        meta: Struct,
+        flavor: Flavor,
+        keep: Keep,
+    ) -> Result<Self> {
         let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
             .await
             .with_context(|| format!("connecting to ADS at {addr}"))?
@@ -111,8 +154,8 @@ impl XdsClient {
         let task_state = state.clone();
         let task = tokio::spawn(async move {
             let result = match flavor {
-                Flavor::Sotw => run_sotw(client, node, &task_state, &changed_tx).await,
-                Flavor::Delta => run_delta(client, node, &task_state, &changed_tx).await,
+                Flavor::Sotw => run_sotw(client, node, keep, &task_state, &changed_tx).await,
+                Flavor::Delta => run_delta(client, node, keep, &task_state, &changed_tx).await,
             };
             let reason = match result {
                 Ok(()) => "stream ended".to_string(),
@@ -164,20 +207,15 @@ fn decode<M: Message + Default>(any: &Any) -> Result<M> {
     M::decode(any.value.as_slice()).with_context(|| format!("decoding {}", any.type_url))
 }
 
-/// Cluster names with EDS config, in name order.
-pub fn eds_names(clusters: &BTreeMap<String, Cluster>) -> BTreeSet<String> {
-    clusters
-        .values()
-        .filter_map(|c| {
-            c.eds_cluster_config.as_ref().map(|e| {
-                if e.service_name.is_empty() {
-                    c.name.clone()
-                } else {
-                    e.service_name.clone()
-                }
-            })
-        })
-        .collect()
+/// The EDS resource name a cluster subscribes to, if it is fed by EDS.
+pub fn eds_service_name(cluster: &Cluster) -> Option<String> {
+    cluster.eds_cluster_config.as_ref().map(|e| {
+        if e.service_name.is_empty() {
+            cluster.name.clone()
+        } else {
+            e.service_name.clone()
+        }
+    })
 }
 
 /// RDS names the listeners' HTTP connection managers refer to.
@@ -215,33 +253,83 @@ fn store(
     resources: &[Any],
     removed: &[String],
     replace: bool,
+    keep: Keep,
 ) -> Result<()> {
-    macro_rules! put {
-        ($map:ident, $ty:ty, $name:expr) => {{
-            if replace {
-                state.$map.clear();
+    let keep = keep == Keep::Resources;
+    if replace {
+        state.names.remove(type_url);
+        match type_url {
+            CLUSTER => {
+                state.clusters.clear();
+                state.eds_of_cluster.clear();
             }
-            for any in resources {
-                let r: $ty = decode(any)?;
-                state.$map.insert($name(&r), r);
+            LISTENER => {
+                state.listeners.clear();
+                state.routes_of_listener.clear();
             }
-            for name in removed {
-                state.$map.remove(name);
-            }
-        }};
+            _ => {}
+        }
     }
-    match type_url {
-        CLUSTER => put!(clusters, Cluster, |c: &Cluster| c.name.clone()),
-        LISTENER => put!(listeners, Listener, |l: &Listener| l.name.clone()),
-        ENDPOINT => put!(
-            endpoints,
-            ClusterLoadAssignment,
-            |c: &ClusterLoadAssignment| c.cluster_name.clone()
-        ),
-        ROUTE => put!(routes, RouteConfiguration, |r: &RouteConfiguration| r
-            .name
-            .clone()),
-        _ => {}
+    for any in resources {
+        let name = match type_url {
+            CLUSTER => {
+                let c: Cluster = decode(any)?;
+                let name = c.name.clone();
+                match eds_service_name(&c) {
+                    Some(eds) => state.eds_of_cluster.insert(name.clone(), eds),
+                    None => state.eds_of_cluster.remove(&name),
+                };
+                if keep {
+                    state.clusters.insert(name.clone(), c);
+                }
+                name
+            }
+            LISTENER => {
+                let l: Listener = decode(any)?;
+                let name = l.name.clone();
+                let single = BTreeMap::from([(name.clone(), l)]);
+                state
+                    .routes_of_listener
+                    .insert(name.clone(), route_names(&single));
+                if keep {
+                    state.listeners.extend(single);
+                }
+                name
+            }
+            ENDPOINT => {
+                let c: ClusterLoadAssignment = decode(any)?;
+                let name = c.cluster_name.clone();
+                if keep {
+                    state.endpoints.insert(name.clone(), c);
+                }
+                name
+            }
+            ROUTE => {
+                let r: RouteConfiguration = decode(any)?;
+                let name = r.name.clone();
+                if keep {
+                    state.routes.insert(name.clone(), r);
+                }
+                name
+            }
+            _ => continue,
+        };
+        state
+            .names
+            .entry(type_url.to_string())
+            .or_default()
+            .insert(name);
+    }
+    for name in removed {
+        if let Some(names) = state.names.get_mut(type_url) {
+            names.remove(name);
+        }
+        state.clusters.remove(name);
+        state.eds_of_cluster.remove(name);
+        state.listeners.remove(name);
+        state.routes_of_listener.remove(name);
+        state.endpoints.remove(name);
+        state.routes.remove(name);
     }
     Ok(())
 }
@@ -260,6 +348,7 @@ fn record(state: &mut ClientState, type_url: &str, version: &str, bytes: usize) 
 async fn run_sotw(
     mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
     node: Node,
+    keep: Keep,
     state: &Mutex<ClientState>,
     changed: &watch::Sender<u64>,
 ) -> Result<()> {
@@ -292,9 +381,9 @@ async fn run_sotw(
         let (want_eds, want_rds) = {
             let mut s = state.lock().expect("client state");
             let wildcard = r.type_url == CLUSTER || r.type_url == LISTENER;
-            store(&mut s, &r.type_url, &r.resources, &[], wildcard)?;
+            store(&mut s, &r.type_url, &r.resources, &[], wildcard, keep)?;
             record(&mut s, &r.type_url, &r.version_info, bytes);
-            (eds_names(&s.clusters), route_names(&s.listeners))
+            (s.eds_wanted(), s.rds_wanted())
         };
         nonces.insert(
             r.type_url.clone(),
@@ -329,6 +418,7 @@ async fn run_sotw(
 async fn run_delta(
     mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
     node: Node,
+    keep: Keep,
     state: &Mutex<ClientState>,
     changed: &watch::Sender<u64>,
 ) -> Result<()> {
@@ -361,9 +451,16 @@ async fn run_delta(
         let bytes = resources.iter().map(|a| a.value.len()).sum();
         let (want_eds, want_rds) = {
             let mut s = state.lock().expect("client state");
-            store(&mut s, &r.type_url, &resources, &r.removed_resources, false)?;
+            store(
+                &mut s,
+                &r.type_url,
+                &resources,
+                &r.removed_resources,
+                false,
+                keep,
+            )?;
             record(&mut s, &r.type_url, &r.system_version_info, bytes);
-            (eds_names(&s.clusters), route_names(&s.listeners))
+            (s.eds_wanted(), s.rds_wanted())
         };
         tx.send(DeltaDiscoveryRequest {
             type_url: r.type_url.clone(),

