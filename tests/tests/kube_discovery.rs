@@ -147,6 +147,32 @@ async fn create_pod(client: &Client, name: &str, ip: &str, version: &str) -> Res
     Ok(())
 }
 
+/// Polls until the CRD reports Established (kubectl 1.20's `wait` fails outright while the
+/// CRD has no conditions yet).
+async fn wait_established(client: &Client, name: &str) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let established = crds
+            .get(name)
+            .await?
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "CRD {name} never became Established"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A minimal HTTP GET on loopback: `(status, body)`.
 fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
@@ -322,19 +348,12 @@ async fn discovery_serves_what_the_api_server_holds() -> Result<()> {
         "kubectl apply: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = server
-        .kubectl()?
-        .args(["wait", "--for", "condition=established", "--timeout", "30s"])
-        .args([
-            "crd/virtualservices.networking.istio.io",
-            "crd/destinationrules.networking.istio.io",
-        ])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "kubectl wait: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for name in [
+        "virtualservices.networking.istio.io",
+        "destinationrules.networking.istio.io",
+    ] {
+        wait_established(&client, name).await?;
+    }
 
     // A mesh as controllers would write it: Service, pods with status, a v1beta1 slice.
     create_service(&client, "reviews", "10.96.120.15").await?;

@@ -662,7 +662,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "warnings",
     ]))?;
     run(Command::new(&cargo)
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)
         .env("MESHPILOT_ENVOY", &envoy))
 }
