@@ -118,7 +118,12 @@ fn install(root: &Path) -> Result<PathBuf> {
 }
 
 /// Commands the network-namespace E2E tests run, with the Debian package providing each.
-const E2E_TOOLS: [(&str, &str); 2] = [("iptables-restore", "iptables"), ("ip", "iproute2")];
+const E2E_TOOLS: [(&str, &str); 4] = [
+    ("iptables-restore", "iptables"),
+    ("ip", "iproute2"),
+    ("setpriv", "util-linux"),
+    ("curl", "curl"),
+];
 
 /// apt-installs whichever of [`E2E_TOOLS`] is missing. Without root it only says what the
 /// E2E tests will lack: the other tests still run.
