@@ -43,6 +43,14 @@ pub enum Command {
     /// plane or offline from a config directory.
     #[command(subcommand_value_name = "TYPE")]
     ProxyConfig(crate::proxy_config::ProxyConfigArgs),
+    /// pilot-agent's role in the sidecar: write the bootstrap from the pod's environment, run
+    /// Envoy, forward signals to it and drain it on SIGTERM.
+    Agent(crate::agent_cmd::AgentArgs),
+    /// Add the sidecar (istio-init and istio-proxy) to the workloads in a YAML file, like
+    /// `istioctl kube-inject`.
+    Inject(crate::inject_cmd::InjectArgs),
+    /// Serve the sidecar injector as a mutating admission webhook (HTTPS, `/inject`).
+    Webhook(crate::webhook::WebhookArgs),
 }
 
 #[derive(Args, Debug)]

@@ -1,17 +1,20 @@
 //! The meshpilot binary: parses the command line and hands off to one command module.
 
+mod agent_cmd;
 mod bootstrap_cmd;
 mod cli;
 mod config_dump;
 mod config_tables;
 mod control_plane;
 mod discovery;
+mod inject_cmd;
 mod iptables_cmd;
 mod logging;
 mod monitoring;
 mod proxy_config;
 mod proxy_status;
 mod tables;
+mod webhook;
 
 use clap::Parser;
 
@@ -25,6 +28,9 @@ fn main() -> std::process::ExitCode {
         cli::Command::Iptables(args) => iptables_cmd::run(args),
         cli::Command::ProxyStatus(args) => proxy_status::run(args),
         cli::Command::ProxyConfig(args) => proxy_config::run(args),
+        cli::Command::Agent(args) => agent_cmd::run(args),
+        cli::Command::Inject(args) => inject_cmd::run(args),
+        cli::Command::Webhook(args) => webhook::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
