@@ -229,13 +229,18 @@ fn every_manifest_names_its_api_version_kind_and_name() {
         ("Deployment", "meshpilot"),
         ("Service", "meshpilot"),
         ("PodDisruptionBudget", "meshpilot"),
+        ("MutatingWebhookConfiguration", "meshpilot-sidecar-injector"),
     ] {
         find(&base, kind, name);
     }
     for m in &base {
         let cluster_scoped = matches!(
             kind_of(&m.doc),
-            "CustomResourceDefinition" | "Namespace" | "ClusterRole" | "ClusterRoleBinding"
+            "CustomResourceDefinition"
+                | "Namespace"
+                | "ClusterRole"
+                | "ClusterRoleBinding"
+                | "MutatingWebhookConfiguration"
         );
         let namespace = m.doc["metadata"]["namespace"].as_str();
         if cluster_scoped {
@@ -745,32 +750,138 @@ fn spec_labels(deployment: &Value) -> Mapping {
 }
 
 #[test]
-fn service_exposes_xds_and_monitoring_ports() {
+fn service_exposes_xds_monitoring_and_webhook_ports() {
     let base = base_manifests();
     let service = find(&base, "Service", "meshpilot");
-    let discovery = container(
-        pod_spec(find(&base, "Deployment", "meshpilot")),
-        "containers",
-        "discovery",
-    );
+    let containers = pod_spec(find(&base, "Deployment", "meshpilot"))["containers"]
+        .as_sequence()
+        .expect("containers");
     let mut ports = BTreeMap::new();
     for port in service["spec"]["ports"].as_sequence().expect("ports") {
         let number = port["port"].as_u64().expect("port number");
         let target = &port["targetPort"];
-        let target = target
-            .as_u64()
-            .or_else(|| container_port(discovery, target.as_str()?));
-        assert_eq!(target, Some(number), "{port:?} reaches the container");
-        ports.insert(number, port["name"].as_str().expect("port name"));
+        let target = target.as_u64().or_else(|| {
+            let name = target.as_str()?;
+            containers.iter().find_map(|c| container_port(c, name))
+        });
+        let target = target.unwrap_or_else(|| panic!("{port:?} reaches no container"));
+        ports.insert(number, (port["name"].as_str().expect("port name"), target));
     }
     assert_eq!(
         ports,
         BTreeMap::from([
-            (15010, "grpc-xds"),
-            (15012, "https-xds"),
-            (15014, "http-monitoring")
+            (15010, ("grpc-xds", 15010)),
+            (15012, ("https-xds", 15012)),
+            (15014, ("http-monitoring", 15014)),
+            (443, ("https-webhook", 15017)),
         ])
     );
+}
+
+// ---- sidecar injection --------------------------------------------------------------------------
+
+#[test]
+fn webhook_container_runs_meshpilot_webhook_with_the_shared_tls_material() {
+    let base = base_manifests();
+    let deployment = find(&base, "Deployment", "meshpilot");
+    let webhook = container(pod_spec(deployment), "containers", "webhook");
+    let args = strings(&webhook["args"]);
+    assert_eq!(args.first(), Some(&"webhook"));
+    let known = meshpilot_help("webhook");
+    for flag in flags_in_args(&args) {
+        assert!(
+            known.contains(&flag),
+            "{flag} is not a `meshpilot webhook` flag"
+        );
+    }
+    let listen = arg_value(&args, "--listen").expect("--listen");
+    assert!(listen.ends_with(":15017"), "{listen}");
+    assert_eq!(container_port(webhook, "https-webhook"), Some(15017));
+    let ready = &webhook["readinessProbe"];
+    assert_eq!(ready["httpGet"]["scheme"].as_str(), Some("HTTPS"));
+    assert_eq!(probe_port(webhook, ready), Some(15017));
+
+    // The same Secret as discovery: its root is the caBundle and the sidecars' root.
+    let tls_dir = arg_value(&args, "--tls-dir").expect("--tls-dir");
+    let discovery = container(pod_spec(deployment), "containers", "discovery");
+    assert_eq!(
+        Some(tls_dir),
+        arg_value(&discovery_args(deployment), "--tls-dir")
+    );
+    assert_eq!(mount_path(webhook, "tls"), Some(tls_dir));
+    assert_eq!(mount_path(discovery, "tls"), Some(tls_dir));
+
+    let sc = &webhook["securityContext"];
+    assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+}
+
+#[test]
+fn webhook_configuration_sends_pods_to_the_service_and_never_blocks_them() {
+    let base = base_manifests();
+    let config = find(
+        &base,
+        "MutatingWebhookConfiguration",
+        "meshpilot-sidecar-injector",
+    );
+    assert_eq!(
+        config["apiVersion"].as_str(),
+        Some("admissionregistration.k8s.io/v1")
+    );
+    let service = find(&base, "Service", "meshpilot");
+    let webhooks = config["webhooks"].as_sequence().expect("webhooks");
+    assert_eq!(webhooks.len(), 2);
+    for webhook in webhooks {
+        let name = webhook["name"].as_str().unwrap();
+        assert_eq!(
+            strings(&webhook["admissionReviewVersions"]),
+            ["v1"],
+            "{name}"
+        );
+        assert_eq!(webhook["sideEffects"].as_str(), Some("None"), "{name}");
+        assert_eq!(webhook["failurePolicy"].as_str(), Some("Ignore"), "{name}");
+        let target = &webhook["clientConfig"]["service"];
+        assert_eq!(target["name"], service["metadata"]["name"], "{name}");
+        assert_eq!(
+            target["namespace"], service["metadata"]["namespace"],
+            "{name}"
+        );
+        assert_eq!(target["path"].as_str(), Some("/inject"), "{name}");
+        let port = target["port"].as_u64().unwrap();
+        assert!(
+            service["spec"]["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|p| p["port"].as_u64() == Some(port)),
+            "{name}: the Service has port {port}"
+        );
+        let rules = webhook["rules"].as_sequence().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(strings(&rules[0]["operations"]), ["CREATE"]);
+        assert_eq!(strings(&rules[0]["resources"]), ["pods"]);
+        assert_eq!(strings(&rules[0]["apiGroups"]), [""]);
+    }
+    let by_namespace = &webhooks[0];
+    assert_eq!(
+        by_namespace["namespaceSelector"]["matchLabels"]["istio-injection"].as_str(),
+        Some("enabled")
+    );
+    let opt_out = &by_namespace["objectSelector"]["matchExpressions"][0];
+    assert_eq!(opt_out["key"].as_str(), Some("sidecar.istio.io/inject"));
+    assert_eq!(opt_out["operator"].as_str(), Some("NotIn"));
+    assert_eq!(strings(&opt_out["values"]), ["false"]);
+    let by_object = &webhooks[1];
+    assert_eq!(
+        by_object["objectSelector"]["matchLabels"]["sidecar.istio.io/inject"].as_str(),
+        Some("true")
+    );
+    // Each pod matches one entry at most: the object entry skips labelled namespaces.
+    let skip = &by_object["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!(skip["key"].as_str(), Some("istio-injection"));
+    assert_eq!(skip["operator"].as_str(), Some("DoesNotExist"));
 }
 
 // ---- the sidecar example ------------------------------------------------------------------------
