@@ -76,7 +76,9 @@ struct ClusterClass {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ListenerClass {
     namespace: String,
-    labels: BTreeMap<String, String>,
+    /// Only when some VirtualService's TCP route matches on `sourceLabels`; the labels that
+    /// pick the proxy's own services are covered by `targets`.
+    labels: Option<BTreeMap<String, String>>,
     interception: String,
     targets: TargetSignature,
     ips: Option<Vec<IpAddr>>,
@@ -131,26 +133,45 @@ pub struct ResourceCache {
     routes: Arc<DashMap<RouteClass, Arc<Resource>>>,
     endpoints: Arc<DashMap<EndpointClass, CachedAssignment>>,
     any_headless: bool,
-    any_source_label_match: bool,
+    any_http_source_match: bool,
+    any_tcp_source_match: bool,
+}
+
+/// A whole-set type (CDS, LDS): built once per class.
+fn whole_set<K: Eq + std::hash::Hash>(
+    cache: &DashMap<K, Resources>,
+    class: K,
+    build: impl FnOnce() -> Vec<Arc<Resource>>,
+) -> Resources {
+    if let Some(hit) = cache.get(&class) {
+        return hit.clone();
+    }
+    // Built outside the map's lock: a build can take milliseconds and other classes must not
+    // wait on it. Two proxies of one new class may both build it; the first insert wins.
+    let built = Arc::new(build());
+    cache.entry(class).or_insert(built).clone()
 }
 
 impl ResourceCache {
     pub fn new(snapshot: Arc<Snapshot>) -> Self {
         let any_headless = snapshot.services().any(|s| s.headless);
-        let any_source_label_match = snapshot.virtual_services().iter().any(|vs| {
+        let vss = snapshot.virtual_services();
+        let any_http_source_match = vss.iter().any(|vs| {
             vs.spec
                 .http
                 .iter()
                 .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
-                || vs
-                    .spec
-                    .tcp
-                    .iter()
-                    .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
+        });
+        let any_tcp_source_match = vss.iter().any(|vs| {
+            vs.spec
+                .tcp
+                .iter()
+                .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
         });
         ResourceCache {
             any_headless,
-            any_source_label_match,
+            any_http_source_match,
+            any_tcp_source_match,
             snapshot,
             clusters: Arc::default(),
             listeners: Arc::default(),
@@ -189,39 +210,29 @@ impl ResourceCache {
             ipv4: proxy.ips.iter().any(IpAddr::is_ipv4),
             ipv6: proxy.ips.iter().any(IpAddr::is_ipv6),
         };
-        self.clusters
-            .entry(class)
-            .or_insert_with(|| {
-                Arc::new(
-                    build_clusters(&self.snapshot, proxy)
-                        .iter()
-                        .map(|c| Resource::encode(c.name.clone(), c))
-                        .collect(),
-                )
-            })
-            .clone()
+        whole_set(&self.clusters, class, || {
+            build_clusters(&self.snapshot, proxy)
+                .iter()
+                .map(|c| Resource::encode(c.name.clone(), c))
+                .collect()
+        })
     }
 
     /// Every listener of the proxy, LDS order.
     pub fn listeners(&self, proxy: &Proxy) -> Resources {
         let class = ListenerClass {
             namespace: proxy.namespace.clone(),
-            labels: proxy.labels.clone(),
+            labels: self.any_tcp_source_match.then(|| proxy.labels.clone()),
             interception: format!("{:?}", proxy.interception_mode),
             targets: TargetSignature::of(&self.snapshot, proxy),
             ips: self.any_headless.then(|| proxy.ips.clone()),
         };
-        self.listeners
-            .entry(class)
-            .or_insert_with(|| {
-                Arc::new(
-                    build_listeners(&self.snapshot, proxy)
-                        .iter()
-                        .map(|l| Resource::encode(l.name.clone(), l))
-                        .collect(),
-                )
-            })
-            .clone()
+        whole_set(&self.listeners, class, || {
+            build_listeners(&self.snapshot, proxy)
+                .iter()
+                .map(|l| Resource::encode(l.name.clone(), l))
+                .collect()
+        })
     }
 
     /// The named route configurations, in the order asked.
@@ -237,7 +248,7 @@ impl ResourceCache {
                     name: name.clone(),
                     namespace: proxy.namespace.clone(),
                     dns_domain: proxy.dns_domain.clone(),
-                    labels: self.any_source_label_match.then(|| proxy.labels.clone()),
+                    labels: self.any_http_source_match.then(|| proxy.labels.clone()),
                 };
                 self.routes
                     .entry(class)
@@ -301,5 +312,47 @@ impl ResourceCache {
             meshpilot_translate::names::parse_cluster_name(&class.name)
                 .is_some_and(|p| self.snapshot.service(p.host).is_some())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshpilot_model::ProxyMetadata;
+    use meshpilot_model::fixtures::mk_mesh;
+
+    fn proxy(ip: &str, pod: &str, ns: &str, app: &str) -> Proxy {
+        let meta = ProxyMetadata::from_json(&serde_json::json!({"LABELS": {"app": app}})).unwrap();
+        Proxy::from_node(
+            &format!("sidecar~{ip}~{pod}.{ns}~{ns}.svc.cluster.local"),
+            &meta,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn proxies_that_see_the_same_config_share_one_build() {
+        let cache = ResourceCache::new(Arc::new(mk_mesh(20, 2, 5, 5).snapshot()));
+        let a = proxy("10.200.0.1", "load-a", "ns-1", "load-a");
+        let b = proxy("10.200.0.2", "load-b", "ns-1", "load-b");
+        let other_ns = proxy("10.200.0.3", "load-c", "ns-2", "load-c");
+        assert!(Arc::ptr_eq(&cache.clusters(&a), &cache.clusters(&b)));
+        assert!(Arc::ptr_eq(&cache.listeners(&a), &cache.listeners(&b)));
+        let route = "8080".to_string();
+        assert!(Arc::ptr_eq(
+            &cache.routes(&a, [&route])[0],
+            &cache.routes(&b, [&route])[0]
+        ));
+        // Another namespace is another class (DestinationRule lookup, short host names).
+        assert!(!Arc::ptr_eq(
+            &cache.clusters(&a),
+            &cache.clusters(&other_ns)
+        ));
+        // A proxy selected by a service has inbound config of its own.
+        let backend = proxy("10.130.0.1", "svc-1-v1-0", "ns-1", "svc-1");
+        assert!(!Arc::ptr_eq(
+            &cache.listeners(&a),
+            &cache.listeners(&backend)
+        ));
     }
 }
