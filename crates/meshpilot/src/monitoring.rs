@@ -290,7 +290,7 @@ fn configs_json(snapshot: &Snapshot) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshpilot_model::fixtures::{mk_pod, mk_service, mk_slice};
+    use meshpilot_model::fixtures::mk_reviews_index;
     use meshpilot_model::{Index, Object};
 
     #[test]
@@ -334,25 +334,7 @@ mod tests {
 
     #[test]
     fn registryz_shows_services_with_endpoints() {
-        let mut index = Index::default();
-        index.apply(Object::Service(mk_service(
-            "default",
-            "reviews",
-            "10.96.120.15",
-            &[("http", 9080)],
-        )));
-        index.apply(Object::Pod(mk_pod(
-            "default",
-            "reviews-v1",
-            "10.244.1.11",
-            &[("app", "reviews"), ("version", "v1")],
-        )));
-        index.apply(Object::EndpointSlice(mk_slice(
-            "default",
-            "reviews",
-            &[("http", 9080)],
-            &[("reviews-v1", "10.244.1.11")],
-        )));
+        let mut index = mk_reviews_index(&["v1"]);
         let json = registry_json(&index.snapshot());
         let service = &json[0];
         assert_eq!(service["hostname"], "reviews.default.svc.cluster.local");

@@ -192,3 +192,46 @@ pub fn mk_mesh(
     }
     index
 }
+
+/// The reference's running example: Service `default/reviews` (ClusterIP 10.96.120.15, port
+/// `http` 9080) with one ready pod `reviews-<version>` per version, labelled `app: reviews` and
+/// `version: <version>`, at 10.244.N.(10+N) for the N-th version (v1 → 10.244.1.11, v2 →
+/// 10.244.2.12), all in one EndpointSlice.
+pub fn mk_reviews_index(versions: &[&str]) -> crate::Index {
+    let mut index = crate::Index::default();
+    index.apply(Object::Service(mk_service(
+        "default",
+        "reviews",
+        "10.96.120.15",
+        &[("http", 9080)],
+    )));
+    let pods: Vec<(String, String)> = versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            (
+                format!("reviews-{v}"),
+                format!("10.244.{}.{}", i + 1, i + 11),
+            )
+        })
+        .collect();
+    for ((pod, ip), version) in pods.iter().zip(versions) {
+        index.apply(Object::Pod(mk_pod(
+            "default",
+            pod,
+            ip,
+            &[("app", "reviews"), ("version", version)],
+        )));
+    }
+    let endpoints: Vec<(&str, &str)> = pods
+        .iter()
+        .map(|(p, ip)| (p.as_str(), ip.as_str()))
+        .collect();
+    index.apply(Object::EndpointSlice(mk_slice(
+        "default",
+        "reviews",
+        &[("http", 9080)],
+        &endpoints,
+    )));
+    index
+}

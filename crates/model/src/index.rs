@@ -667,32 +667,7 @@ mod tests {
     use crate::fixtures::*;
 
     fn bookinfo() -> Index {
-        let mut index = Index::default();
-        index.apply(Object::Service(mk_service(
-            "default",
-            "reviews",
-            "10.96.120.15",
-            &[("http", 9080)],
-        )));
-        index.apply(Object::Pod(mk_pod(
-            "default",
-            "reviews-v1",
-            "10.244.1.11",
-            &[("app", "reviews"), ("version", "v1")],
-        )));
-        index.apply(Object::Pod(mk_pod(
-            "default",
-            "reviews-v2",
-            "10.244.2.12",
-            &[("app", "reviews"), ("version", "v2")],
-        )));
-        index.apply(Object::EndpointSlice(mk_slice(
-            "default",
-            "reviews",
-            &[("http", 9080)],
-            &[("reviews-v1", "10.244.1.11"), ("reviews-v2", "10.244.2.12")],
-        )));
-        index
+        mk_reviews_index(&["v1", "v2"])
     }
 
     const REVIEWS: &str = "reviews.default.svc.cluster.local";

@@ -270,32 +270,14 @@ pub fn config_dump(
 mod tests {
     use super::*;
     use crate::publish::Publisher;
-    use meshpilot_model::fixtures::{mk_pod, mk_service, mk_slice};
-    use meshpilot_model::{Index, Object, ProxyMetadata};
+    use meshpilot_model::ProxyMetadata;
+    use meshpilot_model::fixtures::mk_reviews_index;
     use std::time::Duration;
 
     const NODE: &str = "sidecar~10.244.1.20~productpage.default~default.svc.cluster.local";
 
     fn published() -> Arc<Published> {
-        let mut index = Index::default();
-        index.apply(Object::Service(mk_service(
-            "default",
-            "reviews",
-            "10.96.120.15",
-            &[("http", 9080)],
-        )));
-        index.apply(Object::Pod(mk_pod(
-            "default",
-            "reviews-v1",
-            "10.244.1.11",
-            &[("app", "reviews")],
-        )));
-        index.apply(Object::EndpointSlice(mk_slice(
-            "default",
-            "reviews",
-            &[("http", 9080)],
-            &[("reviews-v1", "10.244.1.11")],
-        )));
+        let mut index = mk_reviews_index(&["v1"]);
         Publisher::new(index.snapshot()).0.current()
     }
 

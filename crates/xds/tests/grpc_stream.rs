@@ -4,7 +4,7 @@
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use meshpilot_model::fixtures::{mk_pod, mk_service, mk_slice};
+use meshpilot_model::fixtures::{mk_reviews_index, mk_slice};
 use meshpilot_model::{Index, Object};
 use meshpilot_translate::type_urls::{CLUSTER, ENDPOINT};
 use meshpilot_xds::{AdsService, Publisher, XdsMetrics};
@@ -26,25 +26,7 @@ struct Harness {
 }
 
 async fn start(ready: bool) -> Harness {
-    let mut index = Index::default();
-    index.apply(Object::Service(mk_service(
-        "default",
-        "reviews",
-        "10.96.120.15",
-        &[("http", 9080)],
-    )));
-    index.apply(Object::Pod(mk_pod(
-        "default",
-        "reviews-v1",
-        "10.244.1.11",
-        &[("app", "reviews")],
-    )));
-    index.apply(Object::EndpointSlice(mk_slice(
-        "default",
-        "reviews",
-        &[("http", 9080)],
-        &[("reviews-v1", "10.244.1.11")],
-    )));
+    let mut index = mk_reviews_index(&["v1"]);
     let (publisher, published) = Publisher::new(index.snapshot());
     let (ready_tx, ready_rx) = watch::channel(ready);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -6,7 +6,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use meshpilot_model::fixtures::{
-    mk_destination_rule, mk_pod, mk_service, mk_slice, mk_virtual_service,
+    mk_destination_rule, mk_pod, mk_reviews_index, mk_slice, mk_virtual_service,
 };
 use meshpilot_model::{Index, Object, ProxyMetadata};
 use meshpilot_translate::type_urls::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
@@ -24,35 +24,12 @@ struct Mesh {
 
 impl Mesh {
     fn new() -> Self {
-        let mut index = Index::default();
-        index.apply(Object::Service(mk_service(
-            "default",
-            "reviews",
-            "10.96.120.15",
-            &[("http", 9080)],
-        )));
-        for (pod, ip, version) in [
-            ("reviews-v1", "10.244.1.11", "v1"),
-            ("reviews-v2", "10.244.2.12", "v2"),
-        ] {
-            index.apply(Object::Pod(mk_pod(
-                "default",
-                pod,
-                ip,
-                &[("app", "reviews"), ("version", version)],
-            )));
-        }
+        let mut index = mk_reviews_index(&["v1", "v2"]);
         index.apply(Object::Pod(mk_pod(
             "default",
             "productpage",
             "10.244.1.20",
             &[("app", "productpage")],
-        )));
-        index.apply(Object::EndpointSlice(mk_slice(
-            "default",
-            "reviews",
-            &[("http", 9080)],
-            &[("reviews-v1", "10.244.1.11"), ("reviews-v2", "10.244.2.12")],
         )));
         index.apply(mk_destination_rule(
             "default",
