@@ -352,14 +352,27 @@ fn every_mesh_kind_and_a_custom_resource_survive_an_api_server_restart() {
     );
 }
 
+/// GETs `path` until it answers 200: the API server creates the `default` namespace from a
+/// bootstrap controller shortly after it reports ready.
+fn get_ok(server: &ApiServer, path: &str) -> (u16, String) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = server.get(path).unwrap();
+        if status == 200 || Instant::now() > deadline {
+            return (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_stopped_api_server_refuses_connections_and_resumes_with_its_data() {
     let mut server = ApiServer::start().unwrap();
-    let (status, _) = server.get("/api/v1/namespaces/default").unwrap();
-    assert_eq!(status, 200);
+    let (status, body) = get_ok(&server, "/api/v1/namespaces/default");
+    assert_eq!(status, 200, "{body}");
     server.stop();
     assert!(server.get("/readyz").is_err());
     server.resume().unwrap();
-    let (status, body) = server.get("/api/v1/namespaces/default").unwrap();
+    let (status, body) = get_ok(&server, "/api/v1/namespaces/default");
     assert_eq!(status, 200, "{body}");
 }
