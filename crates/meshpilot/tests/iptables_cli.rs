@@ -4,25 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// istio-init's injected arguments, word for word.
-const INJECTED_FLAGS: [&str; 16] = [
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
+/// istio-init's injected arguments, word for word: the ones the E2E applies.
+const INJECTED_FLAGS: [&str; 16] = meshpilot_tests::canary::IPTABLES_ARGS;
 
 const GOLDEN: &str = include_str!("../../agent/tests/golden/iptables-default.txt");
 
