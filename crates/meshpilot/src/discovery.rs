@@ -67,6 +67,9 @@ pub struct DiscoveryArgs {
     /// ...or at the latest this long after the first change of a burst.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub debounce_max: Duration,
+    /// ...and at the latest this long after the first change when only endpoints changed.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub debounce_endpoints_max: Duration,
     /// gRPC keepalive ping interval.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub keepalive_interval: Duration,
@@ -132,6 +135,7 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
         DebounceConfig {
             quiet: args.debounce_after,
             max: args.debounce_max,
+            endpoints_max: args.debounce_endpoints_max,
         },
         synced,
         ready_tx,

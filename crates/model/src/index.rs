@@ -129,6 +129,14 @@ impl ChangeSet {
     }
 
     /// Only endpoint lists changed: an EDS-only push of those services suffices.
+    /// Only endpoints and pods changed: what pod churn produces.
+    pub fn is_workloads_only(&self) -> bool {
+        (!self.endpoints.is_empty() || !self.pods.is_empty())
+            && self.services.is_empty()
+            && self.configs.is_empty()
+            && self.namespaces.is_empty()
+    }
+
     pub fn is_endpoints_only(&self) -> bool {
         !self.endpoints.is_empty()
             && self.services.is_empty()

@@ -15,22 +15,19 @@
 //!   warming and need their assignments again;
 //! - types this server does not serve get an empty answer and never end the stream.
 
-use crate::resources::{Resource, ResourceCache};
+use crate::resources::{NameSet, Resource, ResourceCache, ResourceSet, Resources, SetDiff};
+use crate::response::{DeltaResponse, SotwResponse};
 use crate::types::{ResourceType, TypeSet, affected_types};
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    Resource as DeltaResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use meshpilot_model::{ChangeSet, Proxy};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// The state of the world a push is computed from.
 pub struct PushContext {
     pub cache: Arc<ResourceCache>,
     /// `<RFC 3339 time>/<counter>`, sent as `version_info` / `system_version_info`.
-    pub version_info: String,
+    pub version_info: Arc<str>,
 }
 
 /// State-of-the-world or incremental (delta) xDS.
@@ -43,8 +40,8 @@ pub enum Flavor {
 /// One response, in the stream's flavor.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outgoing {
-    Sotw(DiscoveryResponse),
-    Delta(DeltaDiscoveryResponse),
+    Sotw(SotwResponse),
+    Delta(DeltaResponse),
 }
 
 impl Outgoing {
@@ -62,23 +59,50 @@ impl Outgoing {
         }
     }
 
-    /// Encoded size of the resources carried.
-    pub fn resource_bytes(&self) -> usize {
+    fn resources(&self) -> &[Arc<Resource>] {
         match self {
-            Outgoing::Sotw(r) => r.resources.iter().map(|a| a.value.len()).sum(),
-            Outgoing::Delta(r) => r
-                .resources
-                .iter()
-                .filter_map(|d| d.resource.as_ref())
-                .map(|a| a.value.len())
-                .sum(),
+            Outgoing::Sotw(r) => &r.resources,
+            Outgoing::Delta(r) => &r.resources,
         }
     }
 
+    /// Encoded size of the resources carried.
+    pub fn resource_bytes(&self) -> usize {
+        self.resources().iter().map(|r| r.any.len()).sum()
+    }
+
     pub fn resource_count(&self) -> usize {
+        self.resources().len()
+    }
+}
+
+/// What the proxy holds of one type, as far as this server knows.
+#[derive(Clone, Debug)]
+pub enum Held {
+    /// Exactly a set this server sent (the usual case: shared with every proxy of its class).
+    Set(Resources),
+    /// Name → version, as a delta client announced after reconnecting.
+    Versions(Arc<HashMap<Arc<str>, Arc<str>>>),
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Held::Set(Arc::default())
+    }
+}
+
+impl Held {
+    pub fn names(&self) -> Vec<&str> {
         match self {
-            Outgoing::Sotw(r) => r.resources.len(),
-            Outgoing::Delta(r) => r.resources.len(),
+            Held::Set(set) => set.iter().map(|r| &*r.name).collect(),
+            Held::Versions(versions) => versions.keys().map(|n| &**n).collect(),
+        }
+    }
+
+    fn version_of(&self, name: &str) -> Option<&str> {
+        match self {
+            Held::Set(set) => set.get(name).map(|r| &*r.version),
+            Held::Versions(versions) => versions.get(name).map(|v| &**v),
         }
     }
 }
@@ -88,10 +112,10 @@ impl Outgoing {
 pub struct Watch {
     /// The proxy wants every resource of the type (LDS/CDS).
     pub wildcard: bool,
-    /// Explicitly subscribed names (EDS/RDS).
-    pub names: BTreeSet<String>,
-    /// Name → version the proxy holds, as far as this server knows.
-    pub sent: BTreeMap<String, String>,
+    /// Explicitly subscribed names (EDS/RDS), interned.
+    pub names: Arc<NameSet>,
+    /// What the proxy holds.
+    pub held: Held,
     pub last_sent_nonce: Option<String>,
     pub acked_nonce: Option<String>,
     /// The last sent response is neither ACKed nor NACKed yet.
@@ -122,7 +146,7 @@ pub struct Connection {
     flavor: Flavor,
     watches: BTreeMap<String, Watch>,
     nonce_counter: u64,
-    control_plane: ControlPlane,
+    control_plane: Arc<str>,
     /// NACKs seen since the edge last drained them.
     nacks: Vec<Nack>,
 }
@@ -136,9 +160,7 @@ impl Connection {
             flavor,
             watches: BTreeMap::new(),
             nonce_counter: 0,
-            control_plane: ControlPlane {
-                identifier: control_plane_id.to_string(),
-            },
+            control_plane: control_plane_id.into(),
             nacks: Vec::new(),
         }
     }
@@ -167,7 +189,9 @@ impl Connection {
 
     /// Pod labels win over metadata labels, as istiod does.
     fn refresh_proxy(&mut self, ctx: &PushContext) {
-        self.proxy.labels = self.metadata_labels.clone();
+        if self.proxy.labels != self.metadata_labels {
+            self.proxy.labels = self.metadata_labels.clone();
+        }
         self.proxy.refresh_labels(ctx.cache.snapshot());
     }
 
@@ -180,10 +204,12 @@ impl Connection {
         if req.response_nonce.is_empty() {
             // First request for this type, or a reconnect: start over with the full state.
             watch.wildcard = kind.is_none_or(ResourceType::is_wildcard);
-            watch.names = req.resource_names.iter().cloned().collect();
-            watch.sent.clear();
+            if !watch.names.same_as(&req.resource_names) {
+                watch.names = ctx.cache.intern(NameSet::new(req.resource_names));
+            }
+            watch.held = Held::default();
             watch.pending = false;
-            return self.reply(&req.type_url, ctx, Scope::All, true);
+            return self.reply(&req.type_url, ctx, true, None);
         }
         if watch.last_sent_nonce.as_deref() != Some(req.response_nonce.as_str()) {
             return Vec::new(); // stale
@@ -198,19 +224,18 @@ impl Connection {
             self.nacks.push(nack);
             return self.settle_owed(&req.type_url, ctx);
         }
-        watch.acked_nonce = Some(req.response_nonce.clone());
+        watch.acked_nonce = Some(req.response_nonce);
         watch.last_error = None;
-        let mut added = false;
-        if !watch.wildcard {
-            let requested: BTreeSet<String> = req.resource_names.into_iter().collect();
-            added = requested.iter().any(|n| !watch.names.contains(n));
-            watch.sent.retain(|name, _| requested.contains(name));
-            watch.names = requested;
+        let resubscribed = !watch.wildcard && !watch.names.same_as(&req.resource_names);
+        if resubscribed {
+            watch.names = ctx.cache.intern(NameSet::new(req.resource_names));
         }
-        if added && !watch.owed_full {
-            return self.reply(&req.type_url, ctx, Scope::All, false);
+        if resubscribed || watch.owed || watch.owed_full {
+            // New names are answered now; dropped ones leave what the proxy is known to hold.
+            watch.owed = false;
+            return self.reply(&req.type_url, ctx, false, None);
         }
-        self.settle_owed(&req.type_url, ctx)
+        Vec::new()
     }
 
     // ---- delta --------------------------------------------------------------------------
@@ -225,23 +250,30 @@ impl Connection {
         let is_new = !self.watches.contains_key(&req.type_url);
         let watch = self.watches.entry(req.type_url.clone()).or_default();
         if is_new {
-            let explicit: BTreeSet<String> = req
+            let explicit: Vec<&str> = req
                 .resource_names_subscribe
                 .iter()
+                .map(String::as_str)
                 .filter(|n| *n != "*")
-                .cloned()
                 .collect();
             watch.wildcard = kind.is_none_or(ResourceType::is_wildcard)
                 && (explicit.is_empty() || req.resource_names_subscribe.iter().any(|n| n == "*"));
             // Versions the proxy already holds (after a reconnect) count as subscriptions.
-            watch.names = explicit;
-            for (name, version) in &req.initial_resource_versions {
-                if !watch.wildcard {
-                    watch.names.insert(name.clone());
-                }
-                watch.sent.insert(name.clone(), version.clone());
+            let held_names = req.initial_resource_versions.keys().map(String::as_str);
+            if !watch.wildcard {
+                watch.names = ctx
+                    .cache
+                    .intern(NameSet::new(explicit.into_iter().chain(held_names)));
             }
-            return self.reply(&req.type_url, ctx, Scope::All, true);
+            if !req.initial_resource_versions.is_empty() {
+                watch.held = Held::Versions(Arc::new(
+                    req.initial_resource_versions
+                        .into_iter()
+                        .map(|(name, version)| (name.into(), version.into()))
+                        .collect(),
+                ));
+            }
+            return self.reply(&req.type_url, ctx, true, None);
         }
         let answered = !req.response_nonce.is_empty()
             && watch.pending
@@ -261,25 +293,37 @@ impl Connection {
             }
         }
         let watch = self.watches.get_mut(&req.type_url).expect("watch exists");
-        let mut added = BTreeSet::new();
+        let mut added = Vec::new();
+        let mut dropped = false;
         for name in &req.resource_names_subscribe {
             if name == "*" {
                 watch.wildcard = true;
-            } else if watch.names.insert(name.clone()) {
-                added.insert(name.clone());
+            } else if !watch.names.contains(name) {
+                added.push(name.as_str());
             }
         }
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
                 watch.wildcard = false;
-            } else {
-                watch.names.remove(name);
-                watch.sent.remove(name);
+            } else if watch.names.contains(name) {
+                dropped = true;
             }
+        }
+        if !added.is_empty() || dropped {
+            let unsubscribed = &req.resource_names_unsubscribe;
+            let names = watch
+                .names
+                .iter()
+                .filter(|n| !unsubscribed.iter().any(|u| u == n))
+                .chain(added.iter().copied());
+            watch.names = ctx.cache.intern(NameSet::new(names));
         }
         let mut out = Vec::new();
         if !added.is_empty() {
-            out.extend(self.reply(&req.type_url, ctx, Scope::Names(added), false));
+            // Newly subscribed names are sent even when the proxy is thought to hold them: it
+            // may have dropped them when it unsubscribed.
+            let fresh = NameSet::new(added);
+            out.extend(self.reply(&req.type_url, ctx, false, Some(&fresh)));
         }
         if answered {
             out.extend(self.settle_owed(&req.type_url, ctx));
@@ -297,9 +341,6 @@ impl Connection {
             Some(c) if !c.pods.contains(&self.pod_key()) => affected_types(c, ctx.cache.snapshot()),
             _ => TypeSet::ALL,
         };
-        let endpoint_hosts = changes
-            .filter(|c| c.is_endpoints_only())
-            .map(|c| &c.endpoints);
         let mut out = Vec::new();
         for kind in ResourceType::PUSH_ORDER {
             let url = kind.type_url();
@@ -313,21 +354,7 @@ impl Connection {
                 watch.owed = true;
                 continue;
             }
-            let scope = match (kind, endpoint_hosts) {
-                (ResourceType::Endpoint, Some(hosts)) => Scope::Names(
-                    watch
-                        .names
-                        .iter()
-                        .filter(|n| {
-                            meshpilot_translate::names::parse_cluster_name(n)
-                                .is_some_and(|p| hosts.contains(p.host))
-                        })
-                        .cloned()
-                        .collect(),
-                ),
-                _ => Scope::All,
-            };
-            out.extend(self.reply(url, ctx, scope, false));
+            out.extend(self.reply(url, ctx, false, None));
         }
         out
     }
@@ -354,109 +381,93 @@ impl Connection {
             return Vec::new();
         }
         watch.owed = false;
-        self.reply(type_url, ctx, Scope::All, false)
+        self.reply(type_url, ctx, false, None)
     }
 
-    /// Builds the response for one type: the resources in `scope` whose version differs from
-    /// what the proxy holds (all of them when `always` or when a full resend is owed). Returns
+    /// The resources of one type this proxy should hold now.
+    fn current(&self, kind: Option<ResourceType>, watch: &Watch, ctx: &PushContext) -> Resources {
+        match kind {
+            None => Arc::default(),
+            Some(ResourceType::Cluster) => ctx.cache.clusters(&self.proxy),
+            Some(ResourceType::Listener) => ctx.cache.listeners(&self.proxy),
+            Some(ResourceType::Route) => ctx.cache.routes(&self.proxy, &watch.names),
+            Some(ResourceType::Endpoint) => ctx.cache.endpoints(&self.proxy, &watch.names),
+        }
+    }
+
+    /// Builds the response for one type: the resources whose version differs from what the
+    /// proxy holds (all of them when a full resend is owed, plus the `fresh` names). Returns
     /// nothing when there is nothing to say, unless `always`.
     fn reply(
         &mut self,
         type_url: &str,
         ctx: &PushContext,
-        scope: Scope,
         always: bool,
+        fresh: Option<&NameSet>,
     ) -> Vec<Outgoing> {
         let kind = ResourceType::from_type_url(type_url);
-        let flavor = self.flavor;
-        let proxy = &self.proxy;
-        let watch = self.watches.get_mut(type_url).expect("watch exists");
-        let force = std::mem::take(&mut watch.owed_full);
-        let generated: Vec<Arc<Resource>> = match kind {
-            None => Vec::new(),
-            Some(ResourceType::Cluster) => ctx.cache.clusters(proxy).to_vec(),
-            Some(ResourceType::Listener) => ctx.cache.listeners(proxy).to_vec(),
-            Some(kind) => {
-                let names: Vec<&String> = match &scope {
-                    Scope::All => watch.names.iter().collect(),
-                    Scope::Names(names) => {
-                        names.iter().filter(|n| watch.names.contains(*n)).collect()
-                    }
-                };
-                if kind == ResourceType::Route {
-                    ctx.cache.routes(proxy, names)
-                } else {
-                    ctx.cache.endpoints(proxy, names)
-                }
-            }
+        let watch = self.watches.get(type_url).expect("watch exists");
+        let current = self.current(kind, watch, ctx);
+        let force = watch.owed_full;
+        let diff: Arc<SetDiff> = match &watch.held {
+            Held::Set(old) => ctx.cache.diff(old, &current),
+            Held::Versions(versions) => Arc::new(ctx.cache.diff_versions(versions, &current)),
         };
-        let changed: Vec<&Arc<Resource>> = generated
-            .iter()
-            .filter(|r| force || watch.sent.get(&r.name) != Some(&r.version))
-            .collect();
-        let removed: Vec<String> = if watch.wildcard && matches!(scope, Scope::All) {
-            let live: BTreeSet<&str> = generated.iter().map(|r| r.name.as_str()).collect();
-            watch
-                .sent
-                .keys()
-                .filter(|n| !live.contains(n.as_str()))
+        let changed: Vec<Arc<Resource>> = if force || fresh.is_some() {
+            current
+                .iter()
+                .filter(|r| {
+                    force
+                        || fresh.is_some_and(|f| f.contains(&r.name))
+                        || watch.held.version_of(&r.name) != Some(&*r.version)
+                })
                 .cloned()
                 .collect()
         } else {
+            diff.changed.clone()
+        };
+        let removed: Vec<Arc<str>> = if watch.wildcard {
+            diff.removed.clone()
+        } else {
             Vec::new()
         };
+        let watch = self.watches.get_mut(type_url).expect("watch exists");
+        watch.owed_full = false;
+        // Whether or not anything is sent, the proxy now holds exactly `current`.
+        watch.held = Held::Set(current.clone());
         if changed.is_empty() && removed.is_empty() && !always {
             return Vec::new();
         }
         self.nonce_counter += 1;
         let nonce = format!("{}-{}", ctx.version_info, self.nonce_counter);
-        let watch = self.watches.get_mut(type_url).expect("watch exists");
-        for name in &removed {
-            watch.sent.remove(name);
-        }
-        for r in &changed {
-            watch.sent.insert(r.name.clone(), r.version.clone());
-        }
         watch.last_sent_nonce = Some(nonce.clone());
         watch.pending = true;
         watch.responded = true;
-        let response = match flavor {
-            Flavor::Sotw => {
+        let any_changed = !changed.is_empty();
+        let response = match self.flavor {
+            Flavor::Sotw => Outgoing::Sotw(SotwResponse {
+                version_info: ctx.version_info.clone(),
                 // LDS/CDS responses must hold the full set; EDS/RDS may hold just the changes.
-                let resources = if watch.wildcard || kind.is_none() {
-                    generated.iter().map(|r| r.body.clone()).collect()
+                resources: if watch.wildcard || kind.is_none() {
+                    all_of(&current)
                 } else {
-                    changed.iter().map(|r| r.body.clone()).collect()
-                };
-                Outgoing::Sotw(DiscoveryResponse {
-                    version_info: ctx.version_info.clone(),
-                    resources,
-                    type_url: type_url.to_string(),
-                    nonce,
-                    control_plane: Some(self.control_plane.clone()),
-                    ..Default::default()
-                })
-            }
-            Flavor::Delta => Outgoing::Delta(DeltaDiscoveryResponse {
-                system_version_info: ctx.version_info.clone(),
-                resources: changed
-                    .iter()
-                    .map(|r| DeltaResource {
-                        name: r.name.clone(),
-                        version: r.version.clone(),
-                        resource: Some(r.body.clone()),
-                        ..Default::default()
-                    })
-                    .collect(),
-                removed_resources: removed,
+                    changed
+                },
                 type_url: type_url.to_string(),
                 nonce,
-                control_plane: Some(self.control_plane.clone()),
-                ..Default::default()
+                control_plane: self.control_plane.clone(),
+            }),
+            Flavor::Delta => Outgoing::Delta(DeltaResponse {
+                system_version_info: ctx.version_info.clone(),
+                resources: changed,
+                type_url: type_url.to_string(),
+                removed_resources: removed,
+                nonce,
+                control_plane: self.control_plane.clone(),
             }),
         };
         let mut out = vec![response];
-        if kind == Some(ResourceType::Cluster) && !changed.is_empty() {
+        if kind == Some(ResourceType::Cluster) && any_changed {
             out.extend(self.rewarm_endpoints(ctx));
         }
         out
@@ -472,16 +483,14 @@ impl Connection {
         };
         watch.owed_full = true;
         if self.flavor == Flavor::Delta && !watch.pending && watch.responded {
-            return self.reply(url, ctx, Scope::All, false);
+            return self.reply(url, ctx, false, None);
         }
         Vec::new()
     }
 }
 
-/// Which subscribed resources a reply considers.
-enum Scope {
-    All,
-    Names(BTreeSet<String>),
+fn all_of(set: &ResourceSet) -> Vec<Arc<Resource>> {
+    set.iter().cloned().collect()
 }
 
 #[cfg(test)]

@@ -11,16 +11,18 @@ mod metrics;
 mod publish;
 mod registry;
 mod resources;
+mod response;
 mod server;
 pub mod tls;
 mod types;
 
-pub use connection::{Connection, Flavor, Nack, Outgoing, PushContext, Watch};
+pub use connection::{Connection, Flavor, Held, Nack, Outgoing, PushContext, Watch};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, ConnectedGuard, XdsMetrics, type_label};
 pub use publish::{DebounceConfig, Debouncer, Published, Publisher};
 pub use registry::{
     ConnectionInfo, ConnectionRegistry, ConnectionStatus, Registration, WatchStatus, config_dump,
 };
-pub use resources::{Resource, ResourceCache};
+pub use resources::{NameSet, Resource, ResourceCache, ResourceSet, Resources, SetDiff};
+pub use response::{DeltaResponse, SotwResponse};
 pub use server::AdsService;
 pub use types::{ResourceType, TypeSet, affected_types};

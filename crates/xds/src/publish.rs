@@ -14,6 +14,10 @@ pub struct DebounceConfig {
     pub quiet: Duration,
     /// ...or once this long has passed since the first change of a burst (istiod: 10 s).
     pub max: Duration,
+    /// A burst of endpoint (and pod) changes only is published at most this long after its first
+    /// change, however busy: endpoint pushes are incremental and cheap, and under steady pod
+    /// churn the quiet period would otherwise never come (holding every update for `max`).
+    pub endpoints_max: Duration,
 }
 
 impl Default for DebounceConfig {
@@ -21,6 +25,7 @@ impl Default for DebounceConfig {
         DebounceConfig {
             quiet: Duration::from_millis(100),
             max: Duration::from_secs(10),
+            endpoints_max: Duration::from_millis(100),
         }
     }
 }
@@ -55,7 +60,12 @@ impl Debouncer {
     /// When the pending burst is due, if there is one.
     pub fn deadline(&self) -> Option<Instant> {
         let (first, last) = (self.first?, self.last?);
-        Some((last + self.config.quiet).min(first + self.config.max))
+        let max = if self.pending.is_workloads_only() {
+            self.config.endpoints_max.min(self.config.max)
+        } else {
+            self.config.max
+        };
+        Some((last + self.config.quiet).min(first + max))
     }
 
     /// The merged burst, once due.
@@ -190,12 +200,24 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Debouncer::new(DebounceConfig::default());
         assert_eq!(d.deadline(), None);
-        d.add(change("a"), t0);
-        d.add(change("b"), t0 + Duration::from_millis(50));
+        d.add(config_change("a"), t0);
+        d.add(config_change("b"), t0 + Duration::from_millis(50));
         assert!(d.take_due(t0 + Duration::from_millis(120)).is_none());
         let burst = d.take_due(t0 + Duration::from_millis(150)).unwrap();
-        assert_eq!(burst.endpoints.len(), 2);
+        assert_eq!(burst.configs.len(), 2);
         assert_eq!(d.deadline(), None);
+    }
+
+    fn config_change(name: &str) -> ChangeSet {
+        ChangeSet {
+            configs: [meshpilot_model::ConfigKey {
+                kind: meshpilot_model::ConfigKind::VirtualService,
+                namespace: "default".into(),
+                name: name.into(),
+            }]
+            .into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -204,12 +226,26 @@ mod tests {
         let config = DebounceConfig {
             quiet: Duration::from_millis(100),
             max: Duration::from_secs(1),
+            endpoints_max: Duration::from_millis(100),
         };
         let mut d = Debouncer::new(config);
         for i in 0..20 {
-            d.add(change("a"), t0 + Duration::from_millis(i * 60));
+            d.add(config_change("a"), t0 + Duration::from_millis(i * 60));
         }
         assert_eq!(d.deadline(), Some(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn steady_endpoint_churn_is_published_every_endpoints_max() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::new(DebounceConfig::default());
+        for i in 0..20 {
+            d.add(change("a"), t0 + Duration::from_millis(i * 10));
+        }
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(100)));
+        // A config change in the burst makes it a full push again, debounced as one.
+        d.add(config_change("r"), t0 + Duration::from_millis(195));
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(295)));
     }
 
     #[test]

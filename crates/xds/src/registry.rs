@@ -2,8 +2,9 @@
 //! (`/debug/syncz`, `/debug/adsz`, `/debug/config_dump`). Each stream task keeps its own entry
 //! up to date after every request and push; the entry goes when the stream ends.
 
-use crate::connection::{Flavor, Watch};
+use crate::connection::{Flavor, Held, Watch};
 use crate::publish::Published;
+use crate::resources::NameSet;
 use crate::types::ResourceType;
 use dashmap::DashMap;
 use meshpilot_model::Proxy;
@@ -32,12 +33,14 @@ pub struct ConnectionInfo {
     pub istio_version: String,
 }
 
-/// One type's subscription and delivery state, as the debug views show it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// One type's subscription and delivery state, as the debug views show it. Holds the
+/// connection's shared sets (a few pointers), not copies of their names: it is refreshed on
+/// every request and push.
+#[derive(Clone, Debug, Default)]
 pub struct WatchStatus {
     pub wildcard: bool,
-    /// Explicitly subscribed names; for a wildcard watch, the names the proxy holds.
-    pub names: Vec<String>,
+    pub subscribed: Arc<NameSet>,
+    pub held: Held,
     /// Nonce of the last response sent, empty before the first.
     pub sent_nonce: String,
     /// Nonce of the last response ACKed, empty before the first ACK.
@@ -49,19 +52,24 @@ pub struct WatchStatus {
 
 impl WatchStatus {
     pub fn of(watch: &Watch, sent_at: Option<SystemTime>) -> Self {
-        let names = if watch.wildcard {
-            watch.sent.keys().cloned().collect()
-        } else {
-            watch.names.iter().cloned().collect()
-        };
         WatchStatus {
             wildcard: watch.wildcard,
-            names,
+            subscribed: watch.names.clone(),
+            held: watch.held.clone(),
             sent_nonce: watch.last_sent_nonce.clone().unwrap_or_default(),
             acked_nonce: watch.acked_nonce.clone().unwrap_or_default(),
             sent_at,
             last_error: watch.last_error.clone(),
             nacks: watch.nacks,
+        }
+    }
+
+    /// Explicitly subscribed names; for a wildcard watch, the names the proxy holds.
+    pub fn names(&self) -> Vec<&str> {
+        if self.wildcard {
+            self.held.names()
+        } else {
+            self.subscribed.iter().collect()
         }
     }
 }
@@ -219,7 +227,7 @@ fn adsz_entry(c: &ConnectionStatus) -> Value {
     let watches: Map<String, Value> = c
         .watches
         .iter()
-        .map(|(url, w)| (url.clone(), json!(w.names)))
+        .map(|(url, w)| (url.clone(), json!(w.names())))
         .collect();
     json!({
         "connectionId": c.info.id,
@@ -253,7 +261,7 @@ pub fn config_dump(
     // RDS and EDS are by name: keep what the proxy asked for.
     let names = |kind: ResourceType| -> BTreeSet<&str> {
         watched(kind)
-            .map(|w| w.names.iter().map(String::as_str).collect())
+            .map(|w| w.names().into_iter().collect())
             .unwrap_or_default()
     };
     let routes = names(ResourceType::Route);
@@ -270,6 +278,8 @@ pub fn config_dump(
 mod tests {
     use super::*;
     use crate::publish::Publisher;
+    use crate::resources::{Resource, ResourceSet};
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use meshpilot_model::ProxyMetadata;
     use meshpilot_model::fixtures::mk_reviews_index;
     use std::time::Duration;
@@ -289,7 +299,10 @@ mod tests {
                 type_urls::CLUSTER.to_string(),
                 WatchStatus {
                     wildcard: true,
-                    names: vec![cluster.into()],
+                    held: Held::Set(Arc::new(ResourceSet::new(vec![Resource::encode(
+                        cluster,
+                        &Cluster::default(),
+                    )]))),
                     sent_nonce: "v/1-2".into(),
                     acked_nonce: "v/1-2".into(),
                     sent_at: Some(SystemTime::UNIX_EPOCH),
@@ -299,7 +312,7 @@ mod tests {
             (
                 type_urls::ENDPOINT.to_string(),
                 WatchStatus {
-                    names: vec![cluster.into()],
+                    subscribed: Arc::new(NameSet::new([cluster])),
                     sent_nonce: "v/1-3".into(),
                     last_error: Some("bad endpoint".into()),
                     nacks: 1,

@@ -11,30 +11,37 @@
 //! - EDS: the cluster name and namespace (subset lookup), revalidated per snapshot against
 //!   the identity of the service's endpoint list and of the DestinationRule in effect, so an
 //!   endpoint change rebuilds only the assignments of the services it touched.
+//!
+//! Whole answers are shared too: the set of resources for a class (or, for EDS and RDS, for a
+//! subscription, itself interned) is one [`ResourceSet`] that every proxy of the class points
+//! at, and the difference between two sets is computed once per snapshot and shared. A
+//! connection therefore holds a few pointers per type, not a copy of every name it was sent.
 
 use crate::types::ResourceType;
+use bytes::Bytes;
 use dashmap::DashMap;
 use envoy_types::pb::google::protobuf::Any;
 use meshpilot_model::{ChangeSet, DestinationRuleConfig, Endpoint, Proxy, Snapshot};
 use meshpilot_translate::{build_clusters, build_endpoints, build_listeners, build_routes};
 use prost::{Message, Name};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 /// One Envoy resource, encoded once and shared by every proxy that is sent it.
 #[derive(Debug, PartialEq)]
 pub struct Resource {
-    pub name: String,
+    pub name: Arc<str>,
     /// Content hash of the encoding: equal versions mean byte-identical resources.
-    pub version: String,
-    pub body: Any,
+    pub version: Arc<str>,
+    /// The encoded `google.protobuf.Any`, copied as is into every response that carries it.
+    pub any: Bytes,
 }
 
 impl Resource {
     /// Encodes canonically (map entries sorted), so equal config always has equal bytes.
-    pub fn encode<M: Message + Name>(name: String, message: &M) -> Arc<Resource> {
+    pub fn encode<M: Message + Name>(name: &str, message: &M) -> Arc<Resource> {
         let body = Any {
             type_url: M::type_url(),
             value: meshpilot_translate::canonical::encode_canonical(message),
@@ -42,14 +49,172 @@ impl Resource {
         let mut hasher = DefaultHasher::new();
         body.value.hash(&mut hasher);
         Arc::new(Resource {
-            name,
-            version: format!("{:016x}", hasher.finish()),
-            body,
+            name: name.into(),
+            version: format!("{:016x}", hasher.finish()).into(),
+            any: body.encode_to_vec().into(),
         })
+    }
+
+    /// The resource as a protobuf `Any` (tests and debugging; responses use the bytes).
+    pub fn to_any(&self) -> Any {
+        Any::decode(self.any.clone()).expect("a resource holds an encoded Any")
     }
 }
 
-pub type Resources = Arc<Vec<Arc<Resource>>>;
+/// An ordered set of resources with a by-name index; shared between proxies.
+#[derive(Debug, Default)]
+pub struct ResourceSet {
+    items: Vec<Arc<Resource>>,
+    by_name: HashMap<Arc<str>, usize>,
+}
+
+impl ResourceSet {
+    pub fn new(items: Vec<Arc<Resource>>) -> Self {
+        let by_name = items
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.clone(), i))
+            .collect();
+        ResourceSet { items, by_name }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {
+        self.by_name.get(name).map(|&i| &self.items[i])
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Arc<Resource>> {
+        self.items.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+pub type Resources = Arc<ResourceSet>;
+
+/// A sorted set of resource names (an EDS or RDS subscription). Interned through
+/// [`ResourceCache::intern`], so proxies subscribed to the same names share one.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NameSet {
+    names: Vec<Arc<str>>,
+    hash: u64,
+}
+
+impl Hash for NameSet {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl NameSet {
+    pub fn new(names: impl IntoIterator<Item = impl Into<Arc<str>>>) -> Self {
+        let mut names: Vec<Arc<str>> = names.into_iter().map(Into::into).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut hasher = DefaultHasher::new();
+        names.hash(&mut hasher);
+        NameSet {
+            names,
+            hash: hasher.finish(),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names
+            .binary_search_by(|n| n.as_ref().cmp(name))
+            .is_ok()
+    }
+
+    /// Whether `names` (in any order, possibly repeated) is exactly this set; no allocation.
+    pub fn same_as<S: AsRef<str>>(&self, names: &[S]) -> bool {
+        names.iter().all(|n| self.contains(n.as_ref()))
+            && (names.len() == self.len() || NameSet::new(names.iter().map(AsRef::as_ref)) == *self)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(AsRef::as_ref)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Hands out one shared [`NameSet`] per distinct set of names. Sets nobody holds any more are
+/// swept whenever the table has doubled since the last sweep.
+#[derive(Debug, Default)]
+struct NameSetInterner {
+    table: Mutex<InternTable>,
+}
+
+#[derive(Debug, Default)]
+struct InternTable {
+    sets: HashMap<u64, Vec<Weak<NameSet>>>,
+    entries: usize,
+    sweep_at: usize,
+}
+
+impl NameSetInterner {
+    fn intern(&self, set: NameSet) -> Arc<NameSet> {
+        let mut table = self.table.lock().expect("interner lock");
+        let bucket = table.sets.entry(set.hash).or_default();
+        if let Some(existing) = bucket.iter().filter_map(Weak::upgrade).find(|s| **s == set) {
+            return existing;
+        }
+        let shared = Arc::new(set);
+        bucket.push(Arc::downgrade(&shared));
+        table.entries += 1;
+        if table.entries > table.sweep_at {
+            table.sets.retain(|_, bucket| {
+                bucket.retain(|w| w.strong_count() > 0);
+                !bucket.is_empty()
+            });
+            table.entries = table.sets.values().map(Vec::len).sum();
+            table.sweep_at = (table.entries * 2).max(64);
+        }
+        shared
+    }
+}
+
+/// What changed between two sets: resources new or with another version, and names gone.
+#[derive(Debug, Default)]
+pub struct SetDiff {
+    pub changed: Vec<Arc<Resource>>,
+    pub removed: Vec<Arc<str>>,
+}
+
+impl SetDiff {
+    /// `new` against what a proxy holds (`held(name)` is its version, if any).
+    fn between<'a>(
+        held: impl Fn(&str) -> Option<&'a str>,
+        held_names: impl Iterator<Item = &'a str>,
+        new: &ResourceSet,
+    ) -> Self {
+        let changed = new
+            .iter()
+            .filter(|r| held(&r.name) != Some(&*r.version))
+            .cloned()
+            .collect();
+        let removed = held_names
+            .filter(|n| new.get(n).is_none())
+            .map(Arc::from)
+            .collect();
+        SetDiff { changed, removed }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.removed.is_empty()
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct TargetSignature(Vec<(String, u16, u16)>);
@@ -86,7 +251,16 @@ struct ListenerClass {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RouteClass {
-    name: String,
+    name: Arc<str>,
+    namespace: String,
+    dns_domain: String,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+/// The route configurations for one subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RouteSetClass {
+    names: Arc<NameSet>,
     namespace: String,
     dns_domain: String,
     labels: Option<BTreeMap<String, String>>,
@@ -94,7 +268,14 @@ struct RouteClass {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct EndpointClass {
-    name: String,
+    name: Arc<str>,
+    namespace: String,
+}
+
+/// The load assignments for one subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct EndpointSetClass {
+    names: Arc<NameSet>,
     namespace: String,
 }
 
@@ -124,6 +305,13 @@ struct CachedAssignment {
     resource: Arc<Resource>,
 }
 
+/// A memoized diff, holding both sets so their addresses (the key) stay theirs.
+struct CachedDiff {
+    _old: Resources,
+    _new: Resources,
+    diff: Arc<SetDiff>,
+}
+
 /// Per-snapshot resource cache. [`ResourceCache::next`] carries over what a change cannot have
 /// affected.
 pub struct ResourceCache {
@@ -131,14 +319,19 @@ pub struct ResourceCache {
     clusters: Arc<DashMap<ClusterClass, Resources>>,
     listeners: Arc<DashMap<ListenerClass, Resources>>,
     routes: Arc<DashMap<RouteClass, Arc<Resource>>>,
+    route_sets: Arc<DashMap<RouteSetClass, Resources>>,
     endpoints: Arc<DashMap<EndpointClass, CachedAssignment>>,
+    /// Per snapshot: assignments are revalidated, so their sets are too.
+    endpoint_sets: DashMap<EndpointSetClass, Resources>,
+    diffs: DashMap<(usize, usize), CachedDiff>,
+    names: Arc<NameSetInterner>,
     any_headless: bool,
     any_http_source_match: bool,
     any_tcp_source_match: bool,
 }
 
-/// A whole-set type (CDS, LDS): built once per class.
-fn whole_set<K: Eq + std::hash::Hash>(
+/// A whole set built once per class.
+fn shared_set<K: Eq + std::hash::Hash>(
     cache: &DashMap<K, Resources>,
     class: K,
     build: impl FnOnce() -> Vec<Arc<Resource>>,
@@ -148,7 +341,7 @@ fn whole_set<K: Eq + std::hash::Hash>(
     }
     // Built outside the map's lock: a build can take milliseconds and other classes must not
     // wait on it. Two proxies of one new class may both build it; the first insert wins.
-    let built = Arc::new(build());
+    let built = Arc::new(ResourceSet::new(build()));
     cache.entry(class).or_insert(built).clone()
 }
 
@@ -176,7 +369,11 @@ impl ResourceCache {
             clusters: Arc::default(),
             listeners: Arc::default(),
             routes: Arc::default(),
+            route_sets: Arc::default(),
             endpoints: Arc::default(),
+            endpoint_sets: DashMap::default(),
+            diffs: DashMap::default(),
+            names: Arc::default(),
         }
     }
 
@@ -193,13 +390,20 @@ impl ResourceCache {
         }
         if !affected.contains(ResourceType::Route) {
             next.routes = self.routes.clone();
+            next.route_sets = self.route_sets.clone();
         }
         next.endpoints = self.endpoints.clone();
+        next.names = self.names.clone();
         next
     }
 
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
+    }
+
+    /// The shared copy of a subscription's names.
+    pub fn intern(&self, names: NameSet) -> Arc<NameSet> {
+        self.names.intern(names)
     }
 
     /// Every cluster of the proxy, CDS order.
@@ -210,10 +414,10 @@ impl ResourceCache {
             ipv4: proxy.ips.iter().any(IpAddr::is_ipv4),
             ipv6: proxy.ips.iter().any(IpAddr::is_ipv6),
         };
-        whole_set(&self.clusters, class, || {
+        shared_set(&self.clusters, class, || {
             build_clusters(&self.snapshot, proxy)
                 .iter()
-                .map(|c| Resource::encode(c.name.clone(), c))
+                .map(|c| Resource::encode(&c.name, c))
                 .collect()
         })
     }
@@ -227,73 +431,90 @@ impl ResourceCache {
             targets: TargetSignature::of(&self.snapshot, proxy),
             ips: self.any_headless.then(|| proxy.ips.clone()),
         };
-        whole_set(&self.listeners, class, || {
+        shared_set(&self.listeners, class, || {
             build_listeners(&self.snapshot, proxy)
                 .iter()
-                .map(|l| Resource::encode(l.name.clone(), l))
+                .map(|l| Resource::encode(&l.name, l))
                 .collect()
         })
     }
 
-    /// The named route configurations, in the order asked.
-    pub fn routes<'a>(
-        &self,
-        proxy: &Proxy,
-        names: impl IntoIterator<Item = &'a String>,
-    ) -> Vec<Arc<Resource>> {
-        names
-            .into_iter()
-            .map(|name| {
-                let class = RouteClass {
-                    name: name.clone(),
-                    namespace: proxy.namespace.clone(),
-                    dns_domain: proxy.dns_domain.clone(),
-                    labels: self.any_http_source_match.then(|| proxy.labels.clone()),
-                };
-                self.routes
-                    .entry(class)
-                    .or_insert_with(|| {
-                        let built = build_routes(&self.snapshot, proxy, std::slice::from_ref(name));
-                        let route = built.into_iter().next().unwrap_or_default();
-                        Resource::encode(name.clone(), &route)
-                    })
-                    .clone()
-            })
-            .collect()
+    /// The subscribed route configurations, in name order.
+    pub fn routes(&self, proxy: &Proxy, names: &Arc<NameSet>) -> Resources {
+        let labels = self.any_http_source_match.then(|| proxy.labels.clone());
+        let class = RouteSetClass {
+            names: names.clone(),
+            namespace: proxy.namespace.clone(),
+            dns_domain: proxy.dns_domain.clone(),
+            labels: labels.clone(),
+        };
+        shared_set(&self.route_sets, class, || {
+            names
+                .names
+                .iter()
+                .map(|name| self.route(proxy, name, &labels))
+                .collect()
+        })
     }
 
-    /// The named load assignments, in the order asked.
-    pub fn endpoints<'a>(
+    fn route(
         &self,
         proxy: &Proxy,
-        names: impl IntoIterator<Item = &'a String>,
-    ) -> Vec<Arc<Resource>> {
-        names
-            .into_iter()
-            .map(|name| {
-                let inputs = self.endpoint_inputs(name, &proxy.namespace);
-                let class = EndpointClass {
-                    name: name.clone(),
-                    namespace: proxy.namespace.clone(),
-                };
-                if let Some(cached) = self.endpoints.get(&class)
-                    && cached.inputs == inputs
-                {
-                    return cached.resource.clone();
-                }
-                let built = build_endpoints(&self.snapshot, proxy, std::slice::from_ref(name));
-                let assignment = built.into_iter().next().unwrap_or_default();
-                let resource = Resource::encode(name.clone(), &assignment);
-                self.endpoints.insert(
-                    class,
-                    CachedAssignment {
-                        inputs,
-                        resource: resource.clone(),
-                    },
-                );
-                resource
-            })
-            .collect()
+        name: &Arc<str>,
+        labels: &Option<BTreeMap<String, String>>,
+    ) -> Arc<Resource> {
+        let class = RouteClass {
+            name: name.clone(),
+            namespace: proxy.namespace.clone(),
+            dns_domain: proxy.dns_domain.clone(),
+            labels: labels.clone(),
+        };
+        if let Some(hit) = self.routes.get(&class) {
+            return hit.clone();
+        }
+        let built = build_routes(&self.snapshot, proxy, &[name.to_string()]);
+        let route = built.into_iter().next().unwrap_or_default();
+        let resource = Resource::encode(name, &route);
+        self.routes.entry(class).or_insert(resource).clone()
+    }
+
+    /// The subscribed load assignments, in name order.
+    pub fn endpoints(&self, proxy: &Proxy, names: &Arc<NameSet>) -> Resources {
+        let class = EndpointSetClass {
+            names: names.clone(),
+            namespace: proxy.namespace.clone(),
+        };
+        shared_set(&self.endpoint_sets, class, || {
+            names
+                .names
+                .iter()
+                .map(|name| self.endpoint(proxy, name))
+                .collect()
+        })
+    }
+
+    fn endpoint(&self, proxy: &Proxy, name: &Arc<str>) -> Arc<Resource> {
+        let inputs = self.endpoint_inputs(name, &proxy.namespace);
+        let class = EndpointClass {
+            name: name.clone(),
+            namespace: proxy.namespace.clone(),
+        };
+        if let Some(cached) = self.endpoints.get(&class)
+            && cached.inputs == inputs
+        {
+            return cached.resource.clone();
+        }
+        let built = build_endpoints(&self.snapshot, proxy, &[name.to_string()]);
+        let assignment = built.into_iter().next().unwrap_or_default();
+        let resource = Resource::encode(name, &assignment);
+        self.endpoints.insert(
+            class,
+            CachedAssignment {
+                inputs,
+                resource: resource.clone(),
+            },
+        );
+        resource
     }
 
     fn endpoint_inputs(&self, cluster_name: &str, namespace: &str) -> EndpointInputs {
@@ -304,6 +525,46 @@ impl ResourceCache {
             endpoints: self.snapshot.endpoints_arc(host).cloned(),
             rule: self.snapshot.destination_rule_for(host, namespace),
         }
+    }
+
+    /// What a proxy holding `old` lacks of `new`; computed once per pair and snapshot.
+    pub fn diff(&self, old: &Resources, new: &Resources) -> Arc<SetDiff> {
+        if Arc::ptr_eq(old, new) {
+            return Arc::default();
+        }
+        // Every empty set is the same as far as a diff goes: proxies' first answers share one.
+        let old_key = if old.is_empty() {
+            0
+        } else {
+            Arc::as_ptr(old) as usize
+        };
+        let key = (old_key, Arc::as_ptr(new) as usize);
+        if let Some(hit) = self.diffs.get(&key) {
+            return hit.diff.clone();
+        }
+        let diff = Arc::new(SetDiff::between(
+            |name| old.get(name).map(|r| &*r.version),
+            old.iter().map(|r| &*r.name),
+            new,
+        ));
+        self.diffs.insert(
+            key,
+            CachedDiff {
+                _old: old.clone(),
+                _new: new.clone(),
+                diff: diff.clone(),
+            },
+        );
+        diff
+    }
+
+    /// What a proxy holding these versions (a delta reconnect) lacks of `new`; not shared.
+    pub fn diff_versions(&self, held: &HashMap<Arc<str>, Arc<str>>, new: &ResourceSet) -> SetDiff {
+        SetDiff::between(
+            |name| held.get(name).map(|v| &**v),
+            held.keys().map(|n| &**n),
+            new,
+        )
     }
 
     /// Drops cached assignments of clusters no snapshot names any more (called per snapshot).
@@ -338,10 +599,13 @@ mod tests {
         let other_ns = proxy("10.200.0.3", "load-c", "ns-2", "load-c");
         assert!(Arc::ptr_eq(&cache.clusters(&a), &cache.clusters(&b)));
         assert!(Arc::ptr_eq(&cache.listeners(&a), &cache.listeners(&b)));
-        let route = "8080".to_string();
+        // Two proxies subscribing to the same routes share the set, even from separate
+        // (not interned) name sets.
+        let routes_a = Arc::new(NameSet::new(["8080"]));
+        let routes_b = Arc::new(NameSet::new(["8080"]));
         assert!(Arc::ptr_eq(
-            &cache.routes(&a, [&route])[0],
-            &cache.routes(&b, [&route])[0]
+            &cache.routes(&a, &routes_a),
+            &cache.routes(&b, &routes_b)
         ));
         // Another namespace is another class (DestinationRule lookup, short host names).
         assert!(!Arc::ptr_eq(
@@ -354,5 +618,46 @@ mod tests {
             &cache.listeners(&a),
             &cache.listeners(&backend)
         ));
+    }
+
+    #[test]
+    fn equal_subscriptions_intern_to_one_set() {
+        let cache = ResourceCache::new(Arc::new(mk_mesh(2, 1, 0, 0).snapshot()));
+        let a = cache.intern(NameSet::new(["b", "a", "a"]));
+        let b = cache.intern(NameSet::new(["a", "b"]));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(a.same_as(&["b", "a"]) && a.same_as(&["a", "b", "b"]));
+        assert!(!a.same_as(&["a"]) && !a.same_as(&["a", "c"]));
+        let c = cache.intern(NameSet::new(["c"]));
+        assert!(!Arc::ptr_eq(&a, &c));
+    }
+
+    #[test]
+    fn diffs_name_changed_and_removed_resources_and_are_shared() {
+        let r = |name: &str, body: &str| {
+            Resource::encode(
+                name,
+                &envoy_types::pb::google::protobuf::StringValue { value: body.into() },
+            )
+        };
+        let cache = ResourceCache::new(Arc::new(mk_mesh(2, 1, 0, 0).snapshot()));
+        let same = r("same", "x");
+        let old = Arc::new(ResourceSet::new(vec![
+            same.clone(),
+            r("edited", "1"),
+            r("gone", ""),
+        ]));
+        let new = Arc::new(ResourceSet::new(vec![
+            same,
+            r("edited", "2"),
+            r("added", ""),
+        ]));
+        let diff = cache.diff(&old, &new);
+        let changed: Vec<&str> = diff.changed.iter().map(|r| &*r.name).collect();
+        assert_eq!(changed, ["edited", "added"]);
+        assert_eq!(diff.removed, [Arc::from("gone")]);
+        assert!(Arc::ptr_eq(&diff, &cache.diff(&old, &new)));
+        assert!(cache.diff(&new, &new).is_empty());
     }
 }

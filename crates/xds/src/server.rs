@@ -5,23 +5,28 @@ use crate::connection::{Connection, Flavor, Outgoing, PushContext};
 use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
 use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus, WatchStatus};
+use crate::response::GrpcChunks;
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use http_body::Frame;
 use meshpilot_model::{Proxy, ProxyMetadata};
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codec::{Codec, Streaming};
+use tonic::codegen::http;
+use tonic::server::NamedService;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic_prost::ProstCodec;
 use tracing::Instrument;
 
 /// Responses buffered per stream before the stream task waits for the proxy to read; a stalled
@@ -71,10 +76,9 @@ impl AdsService {
         self.inner.registry.clone()
     }
 
-    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<AdsService> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(4 * 1024 * 1024)
-            .max_encoding_message_size(usize::MAX)
+    /// The gRPC service to mount on a tonic server.
+    pub fn into_server(self) -> AdsServer {
+        AdsServer { ads: self }
     }
 }
 
@@ -93,57 +97,164 @@ impl Incoming {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+/// `envoy.service.discovery.v3.AggregatedDiscoveryService`, wired by hand rather than through
+/// the generated server: requests decode into Envoy's generated types as usual, but responses
+/// are written from the cache's shared encoded resources a chunk at a time
+/// ([`GrpcChunks`]), never as a per-proxy copy of the whole config.
+#[derive(Clone)]
+pub struct AdsServer {
+    ads: AdsService,
+}
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let inbound = request.into_inner().map(|r| r.map(Incoming::Sotw));
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        self.start(Flavor::Sotw, peer, Box::pin(inbound), Sink::Sotw(tx))?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+/// Largest request accepted; Envoy's requests are small (names, a node).
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+impl NamedService for AdsServer {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for AdsServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let inbound = request.into_inner().map(|r| r.map(Incoming::Delta));
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let ads = self.ads.clone();
+        let flavor = match request.uri().path() {
+            SOTW_PATH => Flavor::Sotw,
+            DELTA_PATH => Flavor::Delta,
+            _ => return Box::pin(async { Ok(Status::unimplemented("").into_http()) }),
+        };
+        let peer = remote_addr(request.extensions());
+        let body = request.into_body();
+        let inbound: InboundStream = match flavor {
+            Flavor::Sotw => Box::pin(
+                decode_requests::<DiscoveryRequest, B>(body).map(|r| r.map(Incoming::Sotw)),
+            ),
+            Flavor::Delta => Box::pin(
+                decode_requests::<DeltaDiscoveryRequest, B>(body).map(|r| r.map(Incoming::Delta)),
+            ),
+        };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        self.start(Flavor::Delta, peer, Box::pin(inbound), Sink::Delta(tx))?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let response = match ads.start(flavor, peer, inbound, tx) {
+            Ok(()) => {
+                let mut response = http::Response::new(Body::new(ResponseBody::new(rx)));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    tonic::metadata::GRPC_CONTENT_TYPE,
+                );
+                response
+            }
+            Err(status) => status.into_http(),
+        };
+        Box::pin(async move { Ok(response) })
+    }
+}
+
+/// The request messages of a gRPC stream body.
+fn decode_requests<M, B>(body: B) -> Streaming<M>
+where
+    M: prost::Message + Default + Send + 'static,
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    let decoder = ProstCodec::<(), M>::default().decoder();
+    Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES))
+}
+
+fn remote_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        })
+}
+
+/// The response body of one stream: each queued response as gRPC frames, produced only as
+/// fast as HTTP/2 flow control lets the proxy take them, then the `grpc-status` trailers.
+struct ResponseBody {
+    responses: mpsc::Receiver<Result<Outgoing, Status>>,
+    current: Option<GrpcChunks>,
+    finished: bool,
+}
+
+impl ResponseBody {
+    fn new(responses: mpsc::Receiver<Result<Outgoing, Status>>) -> Self {
+        ResponseBody {
+            responses,
+            current: None,
+            finished: false,
+        }
+    }
+
+    fn trailers(status: &Status) -> Frame<Bytes> {
+        let mut trailers = http::HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            // Only a message that cannot be a header value fails; the code alone still can.
+            let _ = Status::new(status.code(), "").add_header(&mut trailers);
+        }
+        Frame::trailers(trailers)
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        loop {
+            if let Some(chunk) = self.current.as_mut().and_then(Iterator::next) {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            self.current = None;
+            if self.finished {
+                return Poll::Ready(None);
+            }
+            match self.responses.poll_recv(cx) {
+                Poll::Ready(Some(Ok(response))) => self.current = Some(GrpcChunks::new(response)),
+                Poll::Ready(Some(Err(status))) => {
+                    self.finished = true;
+                    return Poll::Ready(Some(Ok(Self::trailers(&status))));
+                }
+                Poll::Ready(None) => {
+                    self.finished = true;
+                    return Poll::Ready(Some(Ok(Self::trailers(&Status::ok("")))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished && self.current.is_none()
     }
 }
 
 type InboundStream = Pin<Box<dyn Stream<Item = Result<Incoming, Status>> + Send>>;
 
-/// Where a stream's responses go, typed by flavor.
-enum Sink {
-    Sotw(mpsc::Sender<Result<DiscoveryResponse, Status>>),
-    Delta(mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>),
-}
-
-impl Sink {
-    /// False once the proxy has gone away.
-    async fn send(&self, item: Result<Outgoing, Status>) -> bool {
-        match (self, item) {
-            (Sink::Sotw(tx), Ok(Outgoing::Sotw(r))) => tx.send(Ok(r)).await.is_ok(),
-            (Sink::Delta(tx), Ok(Outgoing::Delta(r))) => tx.send(Ok(r)).await.is_ok(),
-            (Sink::Sotw(tx), Err(status)) => tx.send(Err(status)).await.is_ok(),
-            (Sink::Delta(tx), Err(status)) => tx.send(Err(status)).await.is_ok(),
-            // A connection answers in its own flavor only.
-            _ => true,
-        }
-    }
-}
+/// Where a stream's responses go.
+type Sink = mpsc::Sender<Result<Outgoing, Status>>;
 
 impl AdsService {
     fn start(
@@ -169,7 +280,7 @@ impl AdsService {
             async move {
                 if let Err(status) = serve_stream(&inner, flavor, peer, inbound, &sink).await {
                     tracing::info!(code = ?status.code(), "stream closed: {}", status.message());
-                    sink.send(Err(status)).await;
+                    let _ = sink.send(Err(status)).await;
                 }
             }
             .instrument(span),
@@ -294,7 +405,7 @@ async fn serve_stream(
         for response in outgoing {
             let type_url = response.type_url().to_string();
             let bytes = response.resource_bytes();
-            if !sink.send(Ok(response)).await {
+            if sink.send(Ok(response)).await.is_err() {
                 inner.metrics.count_send_error(&type_url);
                 return Ok(());
             }
@@ -362,7 +473,7 @@ fn log_push(connection: &Connection, trigger: &str, outgoing: &[Outgoing], compu
 fn context(published: &Arc<Published>) -> PushContext {
     PushContext {
         cache: published.cache.clone(),
-        version_info: published.version_info.clone(),
+        version_info: published.version_info.as_str().into(),
     }
 }
 

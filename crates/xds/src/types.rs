@@ -83,10 +83,12 @@ impl TypeSet {
 /// Which types a change can affect for any proxy (istiod's rule, applied per kind):
 /// services → everything; endpoints → EDS (and LDS when the service is headless, whose TCP
 /// listeners are per endpoint); VirtualServices → LDS (TCP routes) and RDS; DestinationRules →
-/// CDS, EDS (subset labels) and RDS (hash policies); pods → every type, since a pod is also a
-/// proxy whose labels and service targets shape its own config.
+/// CDS, EDS (subset labels) and RDS (hash policies). A pod change reaches other proxies only
+/// through the endpoints of the services selecting it (the index reports those hosts), so by
+/// itself it affects nothing here; the pod's own proxy recomputes every type (its labels and
+/// service targets shape its config), which [`crate::Connection::on_push`] decides.
 pub fn affected_types(changes: &ChangeSet, snapshot: &Snapshot) -> TypeSet {
-    if !changes.services.is_empty() || !changes.pods.is_empty() {
+    if !changes.services.is_empty() {
         return TypeSet::ALL;
     }
     let mut set = TypeSet::default();
@@ -132,6 +134,22 @@ mod tests {
         assert!(!set.contains(ResourceType::Cluster));
         assert!(!set.contains(ResourceType::Listener));
         assert!(!set.contains(ResourceType::Route));
+    }
+
+    #[test]
+    fn pod_changes_affect_other_proxies_only_through_endpoints() {
+        let pod_only = ChangeSet {
+            pods: [meshpilot_model::ObjectKey::new("default", "reviews-v1-0")].into(),
+            ..Default::default()
+        };
+        assert!(affected_types(&pod_only, &Snapshot::default()).is_empty());
+        let relabelled = ChangeSet {
+            endpoints: [Hostname::from("reviews.default.svc.cluster.local")].into(),
+            ..pod_only
+        };
+        let set = affected_types(&relabelled, &Snapshot::default());
+        assert!(set.contains(ResourceType::Endpoint));
+        assert!(!set.contains(ResourceType::Cluster) && !set.contains(ResourceType::Route));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use super::*;
 use crate::publish::Publisher;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use meshpilot_model::fixtures::{
     mk_destination_rule, mk_pod, mk_reviews_index, mk_slice, mk_virtual_service,
@@ -45,7 +46,7 @@ impl Mesh {
         let p = self.publisher.current();
         PushContext {
             cache: p.cache.clone(),
-            version_info: p.version_info.clone(),
+            version_info: p.version_info.as_str().into(),
         }
     }
 
@@ -103,7 +104,7 @@ fn nack(type_url: &str, names: &[&str], nonce: &str) -> DiscoveryRequest {
 fn one(out: Vec<Outgoing>) -> DiscoveryResponse {
     assert_eq!(out.len(), 1, "expected exactly one response, got {out:?}");
     match out.into_iter().next().unwrap() {
-        Outgoing::Sotw(r) => r,
+        Outgoing::Sotw(r) => r.to_proto(),
         other => panic!("sotw expected, got {other:?}"),
     }
 }
@@ -111,7 +112,7 @@ fn one(out: Vec<Outgoing>) -> DiscoveryResponse {
 fn delta_one(out: Vec<Outgoing>) -> DeltaDiscoveryResponse {
     assert_eq!(out.len(), 1, "expected exactly one response, got {out:?}");
     match out.into_iter().next().unwrap() {
-        Outgoing::Delta(r) => r,
+        Outgoing::Delta(r) => r.to_proto(),
         other => panic!("delta expected, got {other:?}"),
     }
 }
@@ -492,5 +493,5 @@ fn delta_wildcard_removal_is_reported() {
         panic!("delta expected")
     };
     assert_eq!(cds.type_url, CLUSTER);
-    assert_eq!(cds.removed_resources, [V2]);
+    assert_eq!(cds.removed_resources, [Arc::from(V2)]);
 }
