@@ -7,6 +7,7 @@
 //! one in the [`ConnectionRegistry`] the debug endpoints read; [`XdsMetrics`] is `/metrics`.
 
 mod connection;
+mod grpc;
 mod metrics;
 mod publish;
 mod registry;

@@ -2,14 +2,12 @@
 //! is one task that selects over the proxy's requests, published snapshots and shutdown.
 
 use crate::connection::{Connection, Flavor, Outgoing, PushContext};
+use crate::grpc::{RequestStream, ResponseBody};
 use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
 use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus, WatchStatus};
-use crate::response::GrpcChunks;
-use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use http_body::Frame;
 use meshpilot_model::{Proxy, ProxyMetadata};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,11 +20,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use tonic::body::Body;
-use tonic::codec::{Codec, Streaming};
 use tonic::codegen::http;
 use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tonic_prost::ProstCodec;
 use tracing::Instrument;
 
 /// Responses buffered per stream before the stream task waits for the proxy to read; a stalled
@@ -100,9 +96,9 @@ impl Incoming {
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// `envoy.service.discovery.v3.AggregatedDiscoveryService`, wired by hand rather than through
-/// the generated server: requests decode into Envoy's generated types as usual, but responses
-/// are written from the cache's shared encoded resources a chunk at a time
-/// ([`GrpcChunks`]), never as a per-proxy copy of the whole config.
+/// the generated server so that neither direction keeps per-stream buffers: requests decode
+/// into Envoy's generated types from a buffer released after each message, and responses are
+/// written from the cache's shared encoded resources a chunk at a time (see [`crate::grpc`]).
 #[derive(Clone)]
 pub struct AdsServer {
     ads: AdsService,
@@ -144,10 +140,12 @@ where
         let body = request.into_body();
         let inbound: InboundStream = match flavor {
             Flavor::Sotw => Box::pin(
-                decode_requests::<DiscoveryRequest, B>(body).map(|r| r.map(Incoming::Sotw)),
+                RequestStream::<DiscoveryRequest, B>::new(body, MAX_REQUEST_BYTES)
+                    .map(|r| r.map(Incoming::Sotw)),
             ),
             Flavor::Delta => Box::pin(
-                decode_requests::<DeltaDiscoveryRequest, B>(body).map(|r| r.map(Incoming::Delta)),
+                RequestStream::<DeltaDiscoveryRequest, B>::new(body, MAX_REQUEST_BYTES)
+                    .map(|r| r.map(Incoming::Delta)),
             ),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -166,17 +164,6 @@ where
     }
 }
 
-/// The request messages of a gRPC stream body.
-fn decode_requests<M, B>(body: B) -> Streaming<M>
-where
-    M: prost::Message + Default + Send + 'static,
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
-{
-    let decoder = ProstCodec::<(), M>::default().decoder();
-    Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES))
-}
-
 fn remote_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
     extensions
         .get::<TcpConnectInfo>()
@@ -186,69 +173,6 @@ fn remote_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|tls| tls.get_ref().remote_addr())
         })
-}
-
-/// The response body of one stream: each queued response as gRPC frames, produced only as
-/// fast as HTTP/2 flow control lets the proxy take them, then the `grpc-status` trailers.
-struct ResponseBody {
-    responses: mpsc::Receiver<Result<Outgoing, Status>>,
-    current: Option<GrpcChunks>,
-    finished: bool,
-}
-
-impl ResponseBody {
-    fn new(responses: mpsc::Receiver<Result<Outgoing, Status>>) -> Self {
-        ResponseBody {
-            responses,
-            current: None,
-            finished: false,
-        }
-    }
-
-    fn trailers(status: &Status) -> Frame<Bytes> {
-        let mut trailers = http::HeaderMap::new();
-        if status.add_header(&mut trailers).is_err() {
-            // Only a message that cannot be a header value fails; the code alone still can.
-            let _ = Status::new(status.code(), "").add_header(&mut trailers);
-        }
-        Frame::trailers(trailers)
-    }
-}
-
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        loop {
-            if let Some(chunk) = self.current.as_mut().and_then(Iterator::next) {
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
-            }
-            self.current = None;
-            if self.finished {
-                return Poll::Ready(None);
-            }
-            match self.responses.poll_recv(cx) {
-                Poll::Ready(Some(Ok(response))) => self.current = Some(GrpcChunks::new(response)),
-                Poll::Ready(Some(Err(status))) => {
-                    self.finished = true;
-                    return Poll::Ready(Some(Ok(Self::trailers(&status))));
-                }
-                Poll::Ready(None) => {
-                    self.finished = true;
-                    return Poll::Ready(Some(Ok(Self::trailers(&Status::ok("")))));
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.finished && self.current.is_none()
-    }
 }
 
 type InboundStream = Pin<Box<dyn Stream<Item = Result<Incoming, Status>> + Send>>;

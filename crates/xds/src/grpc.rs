@@ -1,0 +1,290 @@
+//! gRPC message framing for the ADS streams, both directions, without per-stream buffers
+//! that outlive a message.
+//!
+//! tonic's generated server keeps one encode and one decode buffer per stream, each grown to
+//! the largest message seen: a sidecar's config (hundreds of KiB) on the way out and its EDS
+//! subscription (tens of KiB of names) on the way in, held for the stream's lifetime. With
+//! thousands of sidecars that was most of the server's memory. Here a request's bytes live
+//! only until it is decoded, and a response is produced in chunks as HTTP/2 flow control
+//! takes them.
+
+use crate::connection::Outgoing;
+use crate::response::GrpcChunks;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http_body::{Body, Frame};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::Status;
+use tonic::codegen::http;
+
+/// The 5-byte gRPC message prefix: a compression flag and a big-endian length.
+const PREFIX: usize = 5;
+
+/// The messages of a gRPC request body, decoded one at a time.
+pub struct RequestStream<M, B> {
+    body: Pin<Box<B>>,
+    /// Bytes of the message being assembled; emptied (and its memory freed) once decoded.
+    pending: BytesMut,
+    max_message: usize,
+    ended: bool,
+    /// An error was returned: the stream is over whatever is left in `pending`.
+    failed: bool,
+    _message: PhantomData<fn() -> M>,
+}
+
+impl<M, B> RequestStream<M, B> {
+    pub fn new(body: B, max_message: usize) -> Self {
+        RequestStream {
+            body: Box::pin(body),
+            pending: BytesMut::new(),
+            max_message,
+            ended: false,
+            failed: false,
+            _message: PhantomData,
+        }
+    }
+}
+
+impl<M: prost::Message + Default, B> RequestStream<M, B> {
+    /// The next complete message in `pending`, if one is there.
+    fn take_message(&mut self) -> Result<Option<M>, Status> {
+        if self.pending.len() < PREFIX {
+            return Ok(None);
+        }
+        if self.pending[0] != 0 {
+            return Err(Status::unimplemented(
+                "compressed requests are not supported; send identity encoding",
+            ));
+        }
+        let len = u32::from_be_bytes(self.pending[1..PREFIX].try_into().expect("4 bytes"));
+        let len = len as usize;
+        if len > self.max_message {
+            return Err(Status::resource_exhausted(format!(
+                "request of {len} bytes exceeds the limit of {} bytes",
+                self.max_message
+            )));
+        }
+        if self.pending.len() < PREFIX + len {
+            self.pending.reserve(PREFIX + len - self.pending.len());
+            return Ok(None);
+        }
+        let frame = self.pending.split_to(PREFIX + len);
+        if self.pending.is_empty() {
+            // Let the allocation go with `frame` instead of keeping it for the next request.
+            self.pending = BytesMut::new();
+        }
+        M::decode(&frame[PREFIX..])
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
+    }
+}
+
+impl<M, B> Stream for RequestStream<M, B>
+where
+    M: prost::Message + Default,
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Item = Result<M, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.failed {
+                return Poll::Ready(None);
+            }
+            match this.take_message() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Ok(None) => {}
+                Err(status) => {
+                    this.failed = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match this.body.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            this.pending.put_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.failed = true;
+                    return Poll::Ready(Some(Err(Status::from_error(e.into()))));
+                }
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    if !this.pending.is_empty() {
+                        this.failed = true;
+                        return Poll::Ready(Some(Err(Status::internal(
+                            "request stream ended inside a message",
+                        ))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The response body of one stream: each queued response as gRPC frames, produced only as
+/// fast as HTTP/2 flow control lets the proxy take them, then the `grpc-status` trailers.
+pub struct ResponseBody {
+    responses: mpsc::Receiver<Result<Outgoing, Status>>,
+    current: Option<GrpcChunks>,
+    finished: bool,
+}
+
+impl ResponseBody {
+    pub fn new(responses: mpsc::Receiver<Result<Outgoing, Status>>) -> Self {
+        ResponseBody {
+            responses,
+            current: None,
+            finished: false,
+        }
+    }
+
+    fn trailers(status: &Status) -> Frame<Bytes> {
+        let mut trailers = http::HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            // Only a message that cannot be a header value fails; the code alone still can.
+            let _ = Status::new(status.code(), "").add_header(&mut trailers);
+        }
+        Frame::trailers(trailers)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        loop {
+            if let Some(chunk) = self.current.as_mut().and_then(Iterator::next) {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            self.current = None;
+            if self.finished {
+                return Poll::Ready(None);
+            }
+            match self.responses.poll_recv(cx) {
+                Poll::Ready(Some(Ok(response))) => self.current = Some(GrpcChunks::new(response)),
+                Poll::Ready(Some(Err(status))) => {
+                    self.finished = true;
+                    return Poll::Ready(Some(Ok(Self::trailers(&status))));
+                }
+                Poll::Ready(None) => {
+                    self.finished = true;
+                    return Poll::Ready(Some(Ok(Self::trailers(&Status::ok("")))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished && self.current.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use http_body::Frame;
+    use prost::Message;
+    use tokio_stream::StreamExt;
+
+    /// A request body delivered in the given pieces.
+    struct Pieces(std::collections::VecDeque<Bytes>);
+
+    impl Body for Pieces {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn framed(message: &impl Message) -> Vec<u8> {
+        let body = message.encode_to_vec();
+        let mut out = vec![0];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn request(names: usize) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment".into(),
+            resource_names: (0..names)
+                .map(|i| format!("outbound|80||s{i}.ns"))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_split_and_joined_across_frames_decode_in_order() {
+        let (a, b) = (request(1), request(3000));
+        let mut wire = framed(&a);
+        wire.extend(framed(&b));
+        // Frames that cut through prefixes and bodies alike.
+        let pieces = wire.chunks(7_001).map(Bytes::copy_from_slice).collect();
+        let mut stream = RequestStream::<DiscoveryRequest, _>::new(Pieces(pieces), 1 << 22);
+        assert_eq!(stream.next().await.unwrap().unwrap(), a);
+        assert_eq!(stream.next().await.unwrap().unwrap(), b);
+        assert!(stream.next().await.is_none());
+        assert_eq!(
+            stream.pending.capacity(),
+            0,
+            "no buffer kept between messages"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_compressed_and_truncated_requests_are_errors() {
+        let wire = framed(&request(100));
+        let oversized = RequestStream::<DiscoveryRequest, _>::new(
+            Pieces([Bytes::from(wire.clone())].into()),
+            64,
+        );
+        let codes: Vec<_> = oversized.map(|r| r.unwrap_err().code()).collect().await;
+        assert_eq!(codes, [tonic::Code::ResourceExhausted]);
+
+        let mut compressed = wire.clone();
+        compressed[0] = 1;
+        let mut stream = RequestStream::<DiscoveryRequest, _>::new(
+            Pieces([Bytes::from(compressed)].into()),
+            1 << 22,
+        );
+        let status = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+
+        let truncated = Bytes::copy_from_slice(&wire[..wire.len() - 1]);
+        let mut stream =
+            RequestStream::<DiscoveryRequest, _>::new(Pieces([truncated].into()), 1 << 22);
+        assert_eq!(
+            stream.next().await.unwrap().unwrap_err().code(),
+            tonic::Code::Internal
+        );
+        assert!(stream.next().await.is_none());
+    }
+}
