@@ -11,9 +11,12 @@
 use crate::connection::Outgoing;
 use crate::response::GrpcChunks;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::task::AtomicWaker;
 use http_body::{Body, Frame};
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -137,21 +140,79 @@ where
     }
 }
 
-/// The response body of one stream: each queued response as gRPC frames, produced only as
-/// fast as HTTP/2 flow control lets the proxy take them, then the `grpc-status` trailers.
+/// Bytes of one stream's response chunks handed to HTTP/2 but not yet written to the socket.
+#[derive(Debug, Default)]
+struct InFlight {
+    bytes: AtomicUsize,
+    /// The body waiting for room, woken as chunks are written.
+    waiting: AtomicWaker,
+}
+
+/// A response chunk; gives its size back to the stream's [`InFlight`] once the transport has
+/// written (and dropped) it.
+struct Lease {
+    data: Bytes,
+    in_flight: Arc<InFlight>,
+}
+
+impl AsRef<[u8]> for Lease {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.in_flight
+            .bytes
+            .fetch_sub(self.data.len(), Ordering::AcqRel);
+        self.in_flight.waiting.wake();
+    }
+}
+
+/// The response body of one stream: each queued response as gRPC frames, then the
+/// `grpc-status` trailers. A chunk is produced only when the stream's previous chunks have
+/// been written out, so however slowly a proxy reads (or however many connect at once), the
+/// server buffers at most [`ResponseBody::MAX_IN_FLIGHT`] bytes of encoded config for it; a
+/// stalled proxy's stream simply stops being fed while its task keeps only the latest state.
 pub struct ResponseBody {
     responses: mpsc::Receiver<Result<Outgoing, Status>>,
     current: Option<GrpcChunks>,
+    in_flight: Arc<InFlight>,
     finished: bool,
 }
 
 impl ResponseBody {
+    pub const MAX_IN_FLIGHT: usize = GrpcChunks::TARGET;
+
     pub fn new(responses: mpsc::Receiver<Result<Outgoing, Status>>) -> Self {
         ResponseBody {
             responses,
             current: None,
+            in_flight: Arc::default(),
             finished: false,
         }
+    }
+
+    /// Whether another chunk may be handed out now; if not, the body is woken when it may.
+    fn has_room(&self, cx: &mut Context<'_>) -> bool {
+        let room = || self.in_flight.bytes.load(Ordering::Acquire) < Self::MAX_IN_FLIGHT;
+        if room() {
+            return true;
+        }
+        self.in_flight.waiting.register(cx.waker());
+        // A chunk written between the check and the registration would have woken no one.
+        room()
+    }
+
+    fn lease(&self, chunk: Bytes) -> Bytes {
+        self.in_flight
+            .bytes
+            .fetch_add(chunk.len(), Ordering::AcqRel);
+        Bytes::from_owner(Lease {
+            data: chunk,
+            in_flight: self.in_flight.clone(),
+        })
     }
 
     fn trailers(status: &Status) -> Frame<Bytes> {
@@ -173,8 +234,12 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         loop {
+            if self.current.is_some() && !self.has_room(cx) {
+                return Poll::Pending;
+            }
             if let Some(chunk) = self.current.as_mut().and_then(Iterator::next) {
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                let leased = self.lease(chunk);
+                return Poll::Ready(Some(Ok(Frame::data(leased))));
             }
             self.current = None;
             if self.finished {
@@ -256,6 +321,54 @@ mod tests {
             stream.pending.capacity(),
             0,
             "no buffer kept between messages"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_response_is_handed_out_only_as_fast_as_its_chunks_are_written() {
+        use crate::resources::Resource;
+        use crate::response::SotwResponse;
+        use envoy_types::pb::google::protobuf::StringValue;
+        use http_body_util::BodyExt;
+        let resources = (0..4000)
+            .map(|i| {
+                Resource::encode(
+                    &format!("r{i}"),
+                    &StringValue {
+                        value: "x".repeat(100),
+                    },
+                )
+            })
+            .collect();
+        let response = Outgoing::Sotw(SotwResponse {
+            version_info: "v".into(),
+            resources,
+            type_url: "t".into(),
+            nonce: "n".into(),
+            control_plane: "c".into(),
+        });
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(Ok(response)).await.unwrap();
+        drop(tx);
+        let mut body = ResponseBody::new(rx);
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        // The transport still holds the first chunk: the body must wait.
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        drop(first);
+        let mut total = 0;
+        while let Some(frame) = body.frame().await {
+            match frame.unwrap().into_data() {
+                Ok(chunk) => total += chunk.len(),
+                Err(trailers) => {
+                    assert_eq!(trailers.trailers_ref().unwrap()["grpc-status"], "0");
+                }
+            }
+        }
+        assert!(
+            total > 400_000,
+            "the rest of the response follows ({total} bytes)"
         );
     }
 
