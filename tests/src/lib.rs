@@ -5,6 +5,7 @@
 
 pub mod canary;
 pub mod kube;
+pub mod lite_client;
 pub mod meshgen;
 pub mod netns;
 pub mod xds_client;

@@ -1,0 +1,211 @@
+//! `churn`: with every sidecar holding its config, `--rate` pod changes per second for
+//! `--duration-secs`. Change `k` rewrites the EndpointSlice file of service `k mod services`,
+//! moving its endpoint 0 to the marker address `10.64.<k/256>.<k%256>`. A sidecar credits
+//! change `k` when it ACKs the first EDS response whose assignment for that service's default
+//! cluster carries marker `k` or a later change's marker of the same service (a later change
+//! may supersede an earlier one before it was pushed); latency = that ACK − the write.
+//!
+//! With `--stalled K`, K clients that never read their stream are opened first.
+
+use crate::Flags;
+use crate::fleet::{
+    FleetOptions, connect_fleet, counter_delta, ms, open_stalled, own_cpu_seconds, phase, pushes,
+    summary,
+};
+use anyhow::Result;
+use bytes::Bytes;
+use meshpilot_tests::lite_client::proto::LiteLoadAssignment;
+use meshpilot_tests::lite_client::{Kind, Observer};
+use meshpilot_tests::meshgen::{MeshSpec, read_spec, write_endpoint_slice};
+use prost::Message;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Markers are 10.64.0.0/16.
+const MAX_CHANGES: usize = 65_536;
+
+fn marker_ip(change: usize) -> String {
+    format!("10.64.{}.{}", change / 256, change % 256)
+}
+
+fn parse_marker(address: &str) -> Option<usize> {
+    let rest = address.strip_prefix("10.64.")?;
+    let (high, low) = rest.split_once('.')?;
+    Some(high.parse::<usize>().ok()? * 256 + low.parse::<usize>().ok()?)
+}
+
+#[derive(Default)]
+struct ProxyCredits {
+    /// Per service: how many of its changes this proxy has credited.
+    credited: HashMap<usize, usize>,
+    latencies_us: Vec<u64>,
+}
+
+/// The changes written so far, and what each sidecar has seen of them.
+struct ChurnBook {
+    spec: MeshSpec,
+    written: Vec<OnceLock<Instant>>,
+    proxies: Vec<Mutex<ProxyCredits>>,
+    /// Per change: proxies that credited it, and the largest latency among them.
+    reached: Vec<AtomicU32>,
+    slowest_us: Vec<AtomicU64>,
+    credited: AtomicU64,
+}
+
+impl ChurnBook {
+    fn new(spec: MeshSpec, changes: usize, proxies: usize) -> Self {
+        ChurnBook {
+            spec,
+            written: (0..changes).map(|_| OnceLock::new()).collect(),
+            proxies: (0..proxies).map(|_| Mutex::default()).collect(),
+            reached: (0..changes).map(|_| AtomicU32::new(0)).collect(),
+            slowest_us: (0..changes).map(|_| AtomicU64::new(0)).collect(),
+            credited: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Observer for ChurnBook {
+    fn wants(&self, kind: Kind) -> bool {
+        kind == Kind::Endpoint
+    }
+
+    fn changed(&self, proxy: usize, _kind: Kind, name: &str, body: &Bytes, acked_at: Instant) {
+        let Some(service) = self.spec.service_of_cluster(name) else {
+            return;
+        };
+        let Ok(assignment) = LiteLoadAssignment::decode(body.clone()) else {
+            return;
+        };
+        let services = self.spec.services;
+        let Some(latest) = assignment
+            .addresses()
+            .filter_map(parse_marker)
+            .filter(|k| k % services == service && *k < self.written.len())
+            .max()
+        else {
+            return;
+        };
+        let mut credits = self.proxies[proxy].lock().expect("credits");
+        let next = credits.credited.entry(service).or_default();
+        let upto = latest / services + 1;
+        let first = *next;
+        if upto <= first {
+            return;
+        }
+        *next = upto;
+        for j in first..upto {
+            let change = service + j * services;
+            let Some(written) = self.written[change].get() else {
+                continue;
+            };
+            let us = acked_at.saturating_duration_since(*written).as_micros() as u64;
+            credits.latencies_us.push(us);
+            self.reached[change].fetch_add(1, Ordering::Relaxed);
+            self.slowest_us[change].fetch_max(us, Ordering::Relaxed);
+            self.credited.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub async fn run(f: Flags) -> Result<()> {
+    let options = FleetOptions::from_flags(&f, 5000)?;
+    let metrics = f.text("metrics")?;
+    let mesh = PathBuf::from(f.text("mesh")?);
+    let spec = read_spec(&mesh)?;
+    let rate = f.number("rate", 100)?.max(1);
+    let duration = f.seconds("duration-secs", 20)?;
+    let settle = f.seconds("settle-secs", 30)?;
+    let stalled_count = f.number("stalled", 0)?;
+    let changes = (rate * duration.as_secs() as usize).min(MAX_CHANGES);
+    let book = Arc::new(ChurnBook::new(spec, changes, options.proxies));
+
+    phase("stalled-open");
+    let stalled = open_stalled(&options, stalled_count).await?;
+    phase("connecting");
+    let (mut fleet, connect, complete) = connect_fleet(&options, Some(book.clone())).await?;
+    phase("complete");
+    // Let the initial pushes finish before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pushes_before = pushes(&metrics).await;
+    let window = Instant::now();
+    phase("churn-start");
+    let interval = Duration::from_secs(1) / rate as u32;
+    let mut behind = Duration::ZERO;
+    for (change, written) in book.written.iter().enumerate() {
+        let due = window + interval * change as u32;
+        tokio::time::sleep_until(due.into()).await;
+        behind = behind.max(due.elapsed());
+        let service = change % spec.services;
+        let _ = written.set(Instant::now());
+        write_endpoint_slice(&mesh, &spec, service, Some(&marker_ip(change)))?;
+    }
+    let writing = window.elapsed();
+    phase("churn-end");
+    let expected = (changes * complete) as u64;
+    let deadline = Instant::now() + settle;
+    while book.credited.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settled = window.elapsed();
+    phase("settled");
+    let pushes_after = pushes(&metrics).await;
+
+    let mut latencies: Vec<f64> = Vec::new();
+    for credits in &book.proxies {
+        let credits = credits.lock().expect("credits");
+        latencies.extend(credits.latencies_us.iter().map(|us| *us as f64 / 1000.0));
+    }
+    let credited = latencies.len() as u64;
+    let mut everywhere: Vec<f64> = book
+        .reached
+        .iter()
+        .zip(&book.slowest_us)
+        .filter(|(reached, _)| reached.load(Ordering::Relaxed) as usize >= complete.max(1))
+        .map(|(_, us)| us.load(Ordering::Relaxed) as f64 / 1000.0)
+        .collect();
+    let report = json!({
+        "scenario": "churn",
+        "connect": connect,
+        "stalled_clients": stalled_count,
+        "changes": changes,
+        "rate_per_sec": rate,
+        "writing_ms": ms(writing),
+        "writer_max_behind_ms": ms(behind),
+        "window_ms": ms(settled),
+        "credited": credited,
+        "expected": expected,
+        "missing": expected.saturating_sub(credited),
+        "write_to_eds_ack_ms": summary(&mut latencies),
+        "write_to_last_proxy_ms": summary(&mut everywhere),
+        "received_in_window": fleet.received_since(Some(window)),
+        "server_pushes": {
+            "before": pushes_before,
+            "after": pushes_after,
+            "delta": counter_delta(&pushes_before, &pushes_after),
+        },
+        "client_problems": fleet.problems(),
+        "loadgen_cpu_seconds": own_cpu_seconds(),
+        "loadgen_peak_rss_mib": crate::fleet::own_peak_rss_mib(),
+    });
+    println!("{report}");
+    drop(stalled);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_round_trip() {
+        for k in [0, 1, 255, 256, 4097, MAX_CHANGES - 1] {
+            assert_eq!(parse_marker(&marker_ip(k)), Some(k));
+        }
+        assert_eq!(parse_marker("10.128.0.1"), None);
+    }
+}
