@@ -1,9 +1,10 @@
 //! A cheap simulated sidecar for load tests: the xDS protocol behaviour of an Envoy sidecar
-//! over real gRPC (one HTTP/2 connection per proxy; state-of-the-world or delta ADS), but
-//! decoding only what a sidecar needs to know to subscribe: cluster names and EDS service
-//! names, listener names and the RDS names of their HTTP connection managers, and the names of
-//! endpoint and route resources. Resource bodies are kept as a 64-bit hash each, so thousands
-//! of proxies fit in one process and the load generator stays cheap next to the server.
+//! over real gRPC (one HTTP/2 connection per proxy; state-of-the-world or delta ADS), decoding
+//! only what a sidecar needs to subscribe: cluster names and EDS service names, listener names
+//! and the RDS names of their HTTP connection managers, and endpoint and route names. Each
+//! held resource is a 64-bit name key and a 64-bit hash of its bytes, and subscription name
+//! lists are shared between sidecars, so thousands fit in one process and the load generator
+//! stays cheap next to the server it measures.
 //!
 //! Behaviour, as Envoy's: CDS and LDS first (wildcard), then EDS for the EDS clusters and RDS
 //! for the routes the listeners name; every response is ACKed with its nonce (SotW:
@@ -13,7 +14,10 @@
 //! jittered, growing backoff (100 ms to 1 s): SotW resends its subscriptions with the last
 //! accepted versions, delta sends `initial_resource_versions` for what it holds.
 
-use anyhow::{Context, Result};
+mod grpc;
+pub mod proto;
+
+use anyhow::Result;
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
@@ -21,199 +25,12 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind as ValueKind}
 use envoy_types::pb::google::rpc::Status;
 use meshpilot_translate::type_urls;
 use prost::Message;
-use std::collections::{HashMap, HashSet};
+use proto::*;
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::codegen::http::uri::PathAndQuery;
-
-/// The minimal protobuf views the client decodes into: only the fields it reads (prost skips
-/// the rest); bodies and names stay `Bytes` slices of the received message.
-pub mod proto {
-    use bytes::Bytes;
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteAny {
-        #[prost(bytes = "bytes", tag = "1")]
-        pub type_url: Bytes,
-        #[prost(bytes = "bytes", tag = "2")]
-        pub value: Bytes,
-    }
-
-    /// `DiscoveryRequest` with the resource names as shared byte strings: a SotW ACK repeats
-    /// every subscribed name (over a thousand for EDS), and copying them showed in profiles.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteDiscoveryRequest {
-        #[prost(string, tag = "1")]
-        pub version_info: String,
-        #[prost(message, optional, tag = "2")]
-        pub node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
-        #[prost(bytes = "bytes", repeated, tag = "3")]
-        pub resource_names: Vec<Bytes>,
-        #[prost(string, tag = "4")]
-        pub type_url: String,
-        #[prost(string, tag = "5")]
-        pub response_nonce: String,
-        #[prost(message, optional, tag = "6")]
-        pub error_detail: Option<envoy_types::pb::google::rpc::Status>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteDiscoveryResponse {
-        #[prost(string, tag = "1")]
-        pub version_info: String,
-        #[prost(message, repeated, tag = "2")]
-        pub resources: Vec<LiteAny>,
-        #[prost(string, tag = "4")]
-        pub type_url: String,
-        #[prost(string, tag = "5")]
-        pub nonce: String,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteResource {
-        #[prost(string, tag = "1")]
-        pub version: String,
-        #[prost(message, optional, tag = "2")]
-        pub resource: Option<LiteAny>,
-        #[prost(string, tag = "3")]
-        pub name: String,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteDeltaDiscoveryResponse {
-        #[prost(string, tag = "1")]
-        pub system_version_info: String,
-        #[prost(message, repeated, tag = "2")]
-        pub resources: Vec<LiteResource>,
-        #[prost(string, tag = "4")]
-        pub type_url: String,
-        #[prost(string, tag = "5")]
-        pub nonce: String,
-        #[prost(string, repeated, tag = "6")]
-        pub removed_resources: Vec<String>,
-    }
-
-    /// `Cluster`: name, `type` (3 = EDS) and `eds_cluster_config.service_name`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteCluster {
-        #[prost(bytes = "bytes", tag = "1")]
-        pub name: Bytes,
-        #[prost(int32, optional, tag = "2")]
-        pub discovery_type: Option<i32>,
-        #[prost(message, optional, tag = "3")]
-        pub eds_cluster_config: Option<LiteEdsClusterConfig>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteEdsClusterConfig {
-        #[prost(bytes = "bytes", tag = "2")]
-        pub service_name: Bytes,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteListener {
-        #[prost(bytes = "bytes", tag = "1")]
-        pub name: Bytes,
-        #[prost(message, repeated, tag = "3")]
-        pub filter_chains: Vec<LiteFilterChain>,
-        #[prost(message, optional, tag = "25")]
-        pub default_filter_chain: Option<LiteFilterChain>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteFilterChain {
-        #[prost(message, repeated, tag = "3")]
-        pub filters: Vec<LiteFilter>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteFilter {
-        #[prost(message, optional, tag = "4")]
-        pub typed_config: Option<LiteAny>,
-    }
-
-    /// `HttpConnectionManager.rds`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteHttpConnectionManager {
-        #[prost(message, optional, tag = "3")]
-        pub rds: Option<LiteRds>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteRds {
-        #[prost(bytes = "bytes", tag = "2")]
-        pub route_config_name: Bytes,
-    }
-
-    /// `ClusterLoadAssignment.cluster_name` and `RouteConfiguration.name` are both field 1.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteNamed {
-        #[prost(bytes = "bytes", tag = "1")]
-        pub name: Bytes,
-    }
-
-    /// `ClusterLoadAssignment` down to the endpoint addresses.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteLoadAssignment {
-        #[prost(bytes = "bytes", tag = "1")]
-        pub cluster_name: Bytes,
-        #[prost(message, repeated, tag = "2")]
-        pub endpoints: Vec<LiteLocalityEndpoints>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteLocalityEndpoints {
-        #[prost(message, repeated, tag = "2")]
-        pub lb_endpoints: Vec<LiteLbEndpoint>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteLbEndpoint {
-        #[prost(message, optional, tag = "1")]
-        pub endpoint: Option<LiteEndpoint>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteEndpoint {
-        #[prost(message, optional, tag = "1")]
-        pub address: Option<LiteAddress>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteAddress {
-        #[prost(message, optional, tag = "1")]
-        pub socket_address: Option<LiteSocketAddress>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LiteSocketAddress {
-        #[prost(string, tag = "2")]
-        pub address: String,
-    }
-
-    impl LiteLoadAssignment {
-        /// Every endpoint's socket address.
-        pub fn addresses(&self) -> impl Iterator<Item = &str> {
-            self.endpoints
-                .iter()
-                .flat_map(|l| &l.lb_endpoints)
-                .filter_map(|e| {
-                    e.endpoint
-                        .as_ref()?
-                        .address
-                        .as_ref()?
-                        .socket_address
-                        .as_ref()
-                })
-                .map(|s| s.address.as_str())
-        }
-    }
-}
-
-use proto::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
@@ -238,7 +55,7 @@ impl Flavor {
     }
 }
 
-/// The four resource types a sidecar subscribes to, in subscription order.
+/// The four resource types a sidecar subscribes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Cluster,
@@ -305,7 +122,7 @@ pub enum Event {
     },
 }
 
-/// Told about every resource whose body changed (or first arrived), right after the response
+/// Told about every resource whose bytes changed (or first arrived), right after the response
 /// carrying it was ACKed.
 pub trait Observer: Send + Sync {
     fn wants(&self, kind: Kind) -> bool;
@@ -326,16 +143,129 @@ pub struct ResponseRecord {
     pub nacked: bool,
 }
 
-/// A resource held: its body's hash, and (delta) the version the server gave it.
-#[derive(Clone, Debug)]
-pub struct Held {
-    pub hash: u64,
-    pub version: Option<Box<str>>,
+/// For maps keyed by [`name_key`]s, which are hashes already.
+#[derive(Clone, Copy, Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 ^= key;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
-#[derive(Clone, Debug, Default)]
+pub type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+
+/// A resource name as a number.
+pub fn name_key(name: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name)
+}
+
+/// A resource body's hash, to notice changes.
+pub fn body_hash(body: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(body, 0x5eed)
+}
+
+const SHARDS: usize = 32;
+
+fn shards<T: Default>() -> Vec<Mutex<T>> {
+    (0..SHARDS).map(|_| Mutex::default()).collect()
+}
+
+/// The names sidecars must be able to send back (subscriptions; everything held in delta),
+/// shared by every sidecar of the process.
+fn register(key: u64, name: &[u8]) {
+    let mut shard = names()[key as usize % SHARDS]
+        .lock()
+        .expect("name registry");
+    shard
+        .entry(key)
+        .or_insert_with(|| Bytes::copy_from_slice(name));
+}
+
+fn registered(key: u64) -> Option<Bytes> {
+    names()[key as usize % SHARDS]
+        .lock()
+        .expect("name registry")
+        .get(&key)
+        .cloned()
+}
+
+fn names() -> &'static Vec<Mutex<KeyMap<Bytes>>> {
+    static NAMES: OnceLock<Vec<Mutex<KeyMap<Bytes>>>> = OnceLock::new();
+    NAMES.get_or_init(shards)
+}
+
+/// A set of subscribed names, sorted by key; equal sets are one shared list.
+#[derive(Debug)]
+pub struct NameList {
+    id: u64,
+    keys: Vec<u64>,
+    names: Vec<Bytes>,
+}
+
+fn name_list(mut keys: Vec<u64>) -> Arc<NameList> {
+    static LISTS: OnceLock<Mutex<KeyMap<Arc<NameList>>>> = OnceLock::new();
+    keys.sort_unstable();
+    keys.dedup();
+    let id = xxhash_rust::xxh3::xxh3_64(
+        &keys
+            .iter()
+            .flat_map(|k| k.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    );
+    let mut lists = LISTS
+        .get_or_init(Mutex::default)
+        .lock()
+        .expect("name lists");
+    lists
+        .entry(id)
+        .or_insert_with(|| {
+            let names = keys
+                .iter()
+                .map(|k| registered(*k).expect("subscribed names are registered"))
+                .collect();
+            Arc::new(NameList { id, keys, names })
+        })
+        .clone()
+}
+
+/// Names in `new` but not `old`, and in `old` but not `new`.
+fn list_diff(old: Option<&NameList>, new: &NameList) -> (Vec<Bytes>, Vec<Bytes>) {
+    let old_keys: &[u64] = old.map_or(&[], |o| &o.keys);
+    let added = new
+        .keys
+        .iter()
+        .zip(&new.names)
+        .filter(|(k, _)| old_keys.binary_search(k).is_err())
+        .map(|(_, n)| n.clone())
+        .collect();
+    let removed = old
+        .map(|o| {
+            o.keys
+                .iter()
+                .zip(&o.names)
+                .filter(|(k, _)| new.keys.binary_search(k).is_err())
+                .map(|(_, n)| n.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    (added, removed)
+}
+
+#[derive(Debug, Default)]
 pub struct TypeState {
-    pub held: FastMap<Arc<str>, Held>,
+    /// Name key → body hash of every resource held.
+    pub held: KeyMap<u64>,
+    /// Delta: name key → the version the server gave it.
+    versions: KeyMap<Box<str>>,
     pub responses: u64,
     pub bytes: u64,
     pub nacks: u64,
@@ -352,22 +282,17 @@ pub struct SidecarState {
     pub stream: u32,
     /// When the current stream first held the complete config.
     pub complete_at: Option<Instant>,
-    /// When the first stream completed.
-    pub first_complete_at: Option<Instant>,
     pub types: [TypeState; 4],
     pub log: Vec<ResponseRecord>,
     pub disconnects: u32,
     pub last_error: Option<String>,
-    /// Cluster → the EDS name it subscribes to, for EDS clusters.
-    eds_of_cluster: FastMap<Arc<str>, Arc<str>>,
-    /// Listener → the RDS names its HTTP connection managers use.
-    routes_of_listener: FastMap<Arc<str>, Vec<Arc<str>>>,
-    /// Names currently subscribed for EDS and RDS (None before the first subscription), and
-    /// the same sorted, as requests carry them.
-    eds_subscribed: Option<FastSet<Arc<str>>>,
-    rds_subscribed: Option<FastSet<Arc<str>>>,
-    eds_names: Vec<Bytes>,
-    rds_names: Vec<Bytes>,
+    /// Cluster key → key of the EDS name it subscribes to, for EDS clusters.
+    eds_of_cluster: KeyMap<u64>,
+    /// Listener key → keys of the RDS names its HTTP connection managers use.
+    routes_of_listener: KeyMap<Vec<u64>>,
+    /// Current EDS and RDS subscriptions (None before the first).
+    eds: Option<Arc<NameList>>,
+    rds: Option<Arc<NameList>>,
     /// Types answered on the current stream.
     seen: [bool; 4],
 }
@@ -378,17 +303,14 @@ impl SidecarState {
             started: Instant::now(),
             stream: 0,
             complete_at: None,
-            first_complete_at: None,
             types: Default::default(),
             log: Vec::new(),
             disconnects: 0,
             last_error: None,
-            eds_of_cluster: FastMap::default(),
-            routes_of_listener: FastMap::default(),
-            eds_subscribed: None,
-            rds_subscribed: None,
-            eds_names: Vec::new(),
-            rds_names: Vec::new(),
+            eds_of_cluster: KeyMap::default(),
+            routes_of_listener: KeyMap::default(),
+            eds: None,
+            rds: None,
             seen: [false; 4],
         }
     }
@@ -397,127 +319,55 @@ impl SidecarState {
         &self.types[kind.index()]
     }
 
-    /// Every held resource's hash, by type and name.
-    pub fn hashes(&self) -> HashMap<(Kind, Arc<str>), u64> {
-        Kind::ALL
+    /// Every held resource as (type and name key, body hash), sorted.
+    pub fn held_hashes(&self) -> Vec<(u64, u64)> {
+        let mut all: Vec<(u64, u64)> = Kind::ALL
             .into_iter()
             .flat_map(|k| {
-                self.of(k)
-                    .held
-                    .iter()
-                    .map(move |(n, h)| ((k, n.clone()), h.hash))
+                let salt = (k.index() as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                self.of(k).held.iter().map(move |(n, h)| (n ^ salt, *h))
             })
-            .collect()
+            .collect();
+        all.sort_unstable();
+        all
     }
 
     pub fn nacks(&self) -> u64 {
         self.types.iter().map(|t| t.nacks).sum()
     }
 
-    fn wanted_eds(&self) -> FastSet<Arc<str>> {
-        self.eds_of_cluster.values().cloned().collect()
+    fn list(&self, kind: Kind) -> Option<&Arc<NameList>> {
+        match kind {
+            Kind::Endpoint => self.eds.as_ref(),
+            Kind::Route => self.rds.as_ref(),
+            _ => None,
+        }
     }
 
-    fn wanted_rds(&self) -> FastSet<Arc<str>> {
-        self.routes_of_listener
-            .values()
-            .flatten()
-            .cloned()
-            .collect()
+    /// The names to put in a SotW request of `kind` (none for the wildcard types).
+    fn request_names(&self, kind: Kind) -> Vec<Bytes> {
+        self.list(kind).map(|l| l.names.clone()).unwrap_or_default()
+    }
+
+    fn subscribed(&self, kind: Kind) -> bool {
+        self.list(kind).is_some_and(|l| !l.keys.is_empty())
     }
 
     fn is_complete(&self) -> bool {
-        let holds_all = |kind: Kind, names: &Option<FastSet<Arc<str>>>| {
-            let names = names.as_ref().map_or(0, FastSet::len);
-            names == 0
-                || (self.seen[kind.index()]
-                    && self.eds_rds(kind).is_some_and(|n| {
-                        n.iter().all(|name| self.of(kind).held.contains_key(name))
-                    }))
+        let holds_all = |kind: Kind| {
+            let Some(list) = self.list(kind).filter(|l| !l.keys.is_empty()) else {
+                return true;
+            };
+            let held = &self.of(kind).held;
+            self.seen[kind.index()] && list.keys.iter().all(|k| held.contains_key(k))
         };
         self.seen[Kind::Cluster.index()]
             && self.seen[Kind::Listener.index()]
             && !self.of(Kind::Cluster).held.is_empty()
             && !self.of(Kind::Listener).held.is_empty()
-            && holds_all(Kind::Endpoint, &self.eds_subscribed)
-            && holds_all(Kind::Route, &self.rds_subscribed)
+            && holds_all(Kind::Endpoint)
+            && holds_all(Kind::Route)
     }
-
-    fn eds_rds(&self, kind: Kind) -> Option<&FastSet<Arc<str>>> {
-        match kind {
-            Kind::Endpoint => self.eds_subscribed.as_ref(),
-            Kind::Route => self.rds_subscribed.as_ref(),
-            _ => None,
-        }
-    }
-
-    fn subscribed_names(&self, kind: Kind) -> Vec<Bytes> {
-        match kind {
-            Kind::Endpoint => self.eds_names.clone(),
-            Kind::Route => self.rds_names.clone(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// Replaces the EDS or RDS subscription.
-    fn subscribe(&mut self, kind: Kind, names: FastSet<Arc<str>>) {
-        let mut sorted: Vec<Bytes> = names
-            .iter()
-            .map(|n| Bytes::copy_from_slice(n.as_bytes()))
-            .collect();
-        sorted.sort_unstable();
-        if kind == Kind::Endpoint {
-            self.eds_subscribed = Some(names);
-            self.eds_names = sorted;
-        } else {
-            self.rds_subscribed = Some(names);
-            self.rds_names = sorted;
-        }
-    }
-}
-
-/// A small multiply-rotate hash: names are short and not adversarial, and SipHash showed up
-/// in profiles.
-#[derive(Clone, Copy, Default)]
-pub struct FastHasher(u64);
-
-impl Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
-pub type FastSet<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
-
-/// Names are shared between proxies: a sharded intern table.
-fn intern(name: &str) -> Arc<str> {
-    const SHARDS: usize = 32;
-    static TABLE: OnceLock<Vec<Mutex<FastSet<Arc<str>>>>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| (0..SHARDS).map(|_| Mutex::default()).collect());
-    let shard = xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as usize % SHARDS;
-    let mut set = table[shard].lock().expect("intern table");
-    if let Some(existing) = set.get(name) {
-        return existing.clone();
-    }
-    let name: Arc<str> = Arc::from(name);
-    set.insert(name.clone());
-    name
-}
-
-fn intern_bytes(name: &Bytes) -> Result<Arc<str>, String> {
-    std::str::from_utf8(name)
-        .map(intern)
-        .map_err(|_| "resource name is not UTF-8".to_string())
 }
 
 /// `node.metadata` with string values.
@@ -606,17 +456,10 @@ const ADS_SOTW: &str =
 const ADS_DELTA: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-/// One HTTP/2 connection with Envoy-like generous flow-control windows.
-async fn connect(addr: &str) -> Result<tonic::transport::Channel> {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(16 << 20)
-        .initial_connection_window_size(16 << 20)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {addr}"))
-}
+/// HTTP/2 windows of the simulated sidecars: Envoy's defaults are far larger (256 MiB), but
+/// thousands of sidecars in one process must bound what can pile up unread.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 2 << 20;
 
 /// A jittered delay in [base/2, base], base = 100 ms doubling per failed attempt up to 1 s.
 fn backoff(index: usize, attempt: u32) -> Duration {
@@ -663,16 +506,17 @@ async fn run(config: SidecarConfig, state: Arc<Mutex<SidecarState>>) {
 
 /// A resource decoded as far as the client needs.
 struct Decoded {
-    name: Arc<str>,
+    key: u64,
+    name: Bytes,
     hash: u64,
     body: Bytes,
     version: Option<Box<str>>,
-    /// Clusters: the EDS name; listeners: the RDS names.
-    eds: Option<Arc<str>>,
-    routes: Vec<Arc<str>>,
+    /// Clusters: the EDS name's key; listeners: the RDS names' keys.
+    eds: Option<u64>,
+    routes: Vec<u64>,
 }
 
-fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&str>) -> Result<Decoded, String> {
+fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<Decoded, String> {
     if any.type_url != kind.type_url().as_bytes() {
         return Err(format!(
             "resource of type {} in a {} response",
@@ -689,11 +533,12 @@ fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&str>) -> Result<Deco
             if c.discovery_type == Some(3) {
                 let service = c
                     .eds_cluster_config
-                    .as_ref()
-                    .map(|e| e.service_name.clone())
+                    .map(|e| e.service_name)
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| c.name.clone());
-                eds = Some(intern_bytes(&service)?);
+                let key = name_key(&service);
+                register(key, &service);
+                eds = Some(key);
             }
             c.name
         }
@@ -707,9 +552,10 @@ fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&str>) -> Result<Deco
                     let hcm =
                         LiteHttpConnectionManager::decode(config.value.clone()).map_err(broken)?;
                     if let Some(rds) = hcm.rds {
-                        let route = intern_bytes(&rds.route_config_name)?;
-                        if !routes.contains(&route) {
-                            routes.push(route);
+                        let key = name_key(&rds.route_config_name);
+                        register(key, &rds.route_config_name);
+                        if !routes.contains(&key) {
+                            routes.push(key);
                         }
                     }
                 }
@@ -718,22 +564,23 @@ fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&str>) -> Result<Deco
         }
         Kind::Endpoint | Kind::Route => LiteNamed::decode(any.value.clone()).map_err(broken)?.name,
     };
-    let name = match name {
+    if std::str::from_utf8(&decoded_name).is_err() {
+        return Err("a resource name is not UTF-8".into());
+    }
+    if let Some(given) = name
+        && *given != decoded_name
+    {
         // Delta names each resource; the body must agree.
-        Some(given) => {
-            if given.as_bytes() != decoded_name.as_ref() {
-                return Err(format!(
-                    "resource {given:?} carries a body named {:?}",
-                    String::from_utf8_lossy(&decoded_name)
-                ));
-            }
-            intern(given)
-        }
-        None => intern_bytes(&decoded_name)?,
-    };
+        return Err(format!(
+            "resource {:?} carries a body named {:?}",
+            String::from_utf8_lossy(given),
+            String::from_utf8_lossy(&decoded_name)
+        ));
+    }
     Ok(Decoded {
-        name,
-        hash: xxhash_rust::xxh3::xxh3_64(&any.value),
+        key: name_key(&decoded_name),
+        name: decoded_name,
+        hash: body_hash(&any.value),
         body: any.value.clone(),
         version: None,
         eds,
@@ -744,11 +591,11 @@ fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&str>) -> Result<Deco
 /// What to do after a response was applied.
 #[derive(Default)]
 struct Followups {
-    /// Changed resources to tell the observer about.
-    changed: Vec<(Arc<str>, Bytes)>,
-    /// New EDS / RDS subscriptions (added, removed) when they changed.
-    eds: Option<(Vec<String>, Vec<String>)>,
-    rds: Option<(Vec<String>, Vec<String>)>,
+    /// Changed resources (name, body) to tell the observer about.
+    changed: Vec<(Bytes, Bytes)>,
+    /// After CDS / LDS: the EDS / RDS names added and removed (both empty: unchanged).
+    eds: Option<(Vec<Bytes>, Vec<Bytes>)>,
+    rds: Option<(Vec<Bytes>, Vec<Bytes>)>,
     completed: Option<(u32, Instant)>,
 }
 
@@ -758,84 +605,76 @@ fn apply(
     state: &mut SidecarState,
     kind: Kind,
     decoded: Vec<Decoded>,
-    removed: &[String],
+    removed: &[Bytes],
     replace: bool,
     observe: bool,
 ) -> Followups {
     let mut followups = Followups::default();
-    let mut fresh: FastSet<Arc<str>> = FastSet::default();
-    for d in decoded {
+    let old = if replace {
+        let fresh = KeyMap::with_capacity_and_hasher(decoded.len(), Default::default());
         match kind {
-            Kind::Cluster => {
-                if let Some(eds) = d.eds {
-                    state.eds_of_cluster.insert(d.name.clone(), eds);
-                } else {
-                    state.eds_of_cluster.remove(&d.name);
-                }
-            }
-            Kind::Listener => {
-                state.routes_of_listener.insert(d.name.clone(), d.routes);
-            }
+            Kind::Cluster => state.eds_of_cluster.clear(),
+            Kind::Listener => state.routes_of_listener.clear(),
             _ => {}
         }
-        let held = &mut state.types[kind.index()].held;
-        let changed = held.get(&d.name).is_none_or(|h| h.hash != d.hash);
-        if observe && changed {
-            followups.changed.push((d.name.clone(), d.body));
-        }
-        if replace {
-            fresh.insert(d.name.clone());
-        }
-        held.insert(
-            d.name,
-            Held {
-                hash: d.hash,
-                version: d.version,
-            },
-        );
-    }
-    let mut gone: Vec<Arc<str>> = removed.iter().map(|n| intern(n)).collect();
-    if replace {
-        gone.extend(
-            state.types[kind.index()]
-                .held
-                .keys()
-                .filter(|n| !fresh.contains(*n))
-                .cloned(),
-        );
-    }
-    for name in gone {
-        state.types[kind.index()].held.remove(&name);
-        match kind {
-            Kind::Cluster => drop(state.eds_of_cluster.remove(&name)),
-            Kind::Listener => drop(state.routes_of_listener.remove(&name)),
-            _ => {}
-        }
-    }
-    let diff = |old: &Option<FastSet<Arc<str>>>, new: &FastSet<Arc<str>>| {
-        let empty = FastSet::default();
-        let old = old.as_ref().unwrap_or(&empty);
-        let mut add: Vec<String> = new.difference(old).map(|s| s.to_string()).collect();
-        let mut remove: Vec<String> = old.difference(new).map(|s| s.to_string()).collect();
-        add.sort();
-        remove.sort();
-        (add, remove)
+        Some(std::mem::replace(
+            &mut state.types[kind.index()].held,
+            fresh,
+        ))
+    } else {
+        None
     };
-    if kind == Kind::Cluster {
-        let wanted = state.wanted_eds();
-        if state.eds_subscribed.as_ref() != Some(&wanted) {
-            followups.eds = Some(diff(&state.eds_subscribed, &wanted));
-            state.subscribe(Kind::Endpoint, wanted);
-        } else {
-            followups.eds = Some((Vec::new(), Vec::new()));
+    for d in decoded {
+        if kind == Kind::Cluster {
+            if let Some(eds) = d.eds {
+                state.eds_of_cluster.insert(d.key, eds);
+            } else {
+                state.eds_of_cluster.remove(&d.key);
+            }
         }
+        if kind == Kind::Listener {
+            state.routes_of_listener.insert(d.key, d.routes);
+        }
+        let t = &mut state.types[kind.index()];
+        let previous = t.held.insert(d.key, d.hash);
+        let previous = previous.or_else(|| old.as_ref().and_then(|o| o.get(&d.key).copied()));
+        if observe && previous != Some(d.hash) {
+            followups.changed.push((d.name, d.body));
+        }
+        if let Some(version) = d.version {
+            t.versions.insert(d.key, version);
+        }
+    }
+    for name in removed {
+        let key = name_key(name);
+        let t = &mut state.types[kind.index()];
+        t.held.remove(&key);
+        t.versions.remove(&key);
+        state.eds_of_cluster.remove(&key);
+        state.routes_of_listener.remove(&key);
+    }
+    if kind == Kind::Cluster {
+        let wanted = name_list(state.eds_of_cluster.values().copied().collect());
+        followups.eds = Some(match &state.eds {
+            Some(current) if current.id == wanted.id => Default::default(),
+            current => list_diff(current.as_deref(), &wanted),
+        });
+        state.eds = Some(wanted);
     }
     if kind == Kind::Listener {
-        let wanted = state.wanted_rds();
-        if state.rds_subscribed.as_ref() != Some(&wanted) {
-            followups.rds = Some(diff(&state.rds_subscribed, &wanted));
-            state.subscribe(Kind::Route, wanted);
-        }
+        let wanted = name_list(
+            state
+                .routes_of_listener
+                .values()
+                .flatten()
+                .copied()
+                .collect(),
+        );
+        followups.rds = Some(match &state.rds {
+            Some(current) if current.id == wanted.id => Default::default(),
+            current => list_diff(current.as_deref(), &wanted),
+        });
+        state.rds = Some(wanted);
     }
     followups
 }
@@ -846,7 +685,6 @@ fn check_complete(state: &mut SidecarState, kind: Kind, followups: &mut Followup
     if state.complete_at.is_none() && state.is_complete() {
         let now = Instant::now();
         state.complete_at = Some(now);
-        state.first_complete_at.get_or_insert(now);
         followups.completed = Some((state.stream, now));
     }
 }
@@ -864,6 +702,7 @@ fn record(state: &mut SidecarState, record: ResponseRecord) {
     let t = &mut state.types[record.kind.index()];
     t.responses += 1;
     t.bytes += record.bytes;
+    t.nonce = record.nonce.to_string();
     if record.nacked {
         t.nacks += 1;
     }
@@ -881,7 +720,9 @@ fn notify(config: &SidecarConfig, kind: Kind, followups: &mut Followups) {
     if let Some(observer) = &config.observer {
         let acked = Instant::now();
         for (name, body) in followups.changed.drain(..) {
-            observer.changed(config.index, kind, &name, &body, acked);
+            if let Ok(name) = std::str::from_utf8(&name) {
+                observer.changed(config.index, kind, name, &body, acked);
+            }
         }
     }
 }
@@ -890,14 +731,20 @@ fn observing(config: &SidecarConfig, kind: Kind) -> bool {
     config.observer.as_ref().is_some_and(|o| o.wants(kind))
 }
 
+fn nack_event(config: &SidecarConfig, kind: Kind, detail: String) {
+    let _ = config.events.send(Event::Nack {
+        proxy: config.index,
+        kind,
+        detail,
+    });
+}
+
 async fn run_sotw(
     config: &SidecarConfig,
     state: &Mutex<SidecarState>,
     answered: &mut bool,
 ) -> Result<()> {
-    let channel = connect(&config.addr).await?;
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
-    grpc.ready().await.context("ADS channel")?;
+    let mut channel = grpc::connect(&config.addr, STREAM_WINDOW, CONNECTION_WINDOW).await?;
     let (tx, rx) = mpsc::unbounded_channel::<LiteDiscoveryRequest>();
     let request =
         |kind: Kind, names: Vec<Bytes>, version: &str, nonce: &str| LiteDiscoveryRequest {
@@ -913,32 +760,20 @@ async fn run_sotw(
         s.stream += 1;
         s.complete_at = None;
         s.seen = [false; 4];
-        let mut first = true;
+        let mut node = Some(config.node.clone());
         for kind in [Kind::Cluster, Kind::Listener, Kind::Endpoint, Kind::Route] {
-            if !kind.wildcard() && s.eds_rds(kind).is_none_or(FastSet::is_empty) {
-                continue;
+            if kind.wildcard() || s.subscribed(kind) {
+                let mut r = request(kind, s.request_names(kind), &s.of(kind).version, "");
+                r.node = node.take();
+                tx.send(r)?;
             }
-            let mut r = request(kind, s.subscribed_names(kind), &s.of(kind).version, "");
-            if first {
-                r.node = Some(config.node.clone());
-                first = false;
-            }
-            tx.send(r)?;
         }
     }
-    let codec = tonic_prost::ProstCodec::<LiteDiscoveryRequest, LiteDiscoveryResponse>::default();
-    let mut responses = grpc
-        .streaming(
-            tonic::Request::new(UnboundedReceiverStream::new(rx)),
-            PathAndQuery::from_static(ADS_SOTW),
-            codec,
-        )
-        .await
-        .context("opening the ADS stream")?
-        .into_inner();
-    while let Some(response) = responses.message().await? {
+    let mut stream = grpc::open(&mut channel, ADS_SOTW, rx).await?;
+    while let Some(mut message) = stream.next_message().await? {
         *answered = true;
         let at = Instant::now();
+        let response = LiteDiscoveryResponse::decode(&mut message.body)?;
         let Some(kind) = Kind::from_type_url(&response.type_url) else {
             continue;
         };
@@ -956,7 +791,6 @@ async fn run_sotw(
         {
             let mut s = state.lock().expect("sidecar state");
             let stream = s.stream;
-            let nacked = decoded.is_err();
             record(
                 &mut s,
                 ResponseRecord {
@@ -967,76 +801,73 @@ async fn run_sotw(
                     resources: response.resources.len() as u32,
                     version: response.version_info.as_str().into(),
                     nonce: response.nonce.as_str().into(),
-                    nacked,
+                    nacked: decoded.is_err(),
                 },
             );
-            s.types[kind.index()].nonce = response.nonce.clone();
-            match decoded {
+            let decoded = match decoded {
+                Ok(decoded) => decoded,
                 Err(detail) => {
                     // The previous version stays in effect.
                     let mut nack = request(
                         kind,
-                        s.subscribed_names(kind),
+                        s.request_names(kind),
                         &s.of(kind).version,
                         &response.nonce,
                     );
                     nack.error_detail = nack_status(&detail);
                     tx.send(nack)?;
-                    let _ = config.events.send(Event::Nack {
-                        proxy: config.index,
-                        kind,
-                        detail,
-                    });
+                    nack_event(config, kind, detail);
                     continue;
                 }
-                Ok(decoded) => {
-                    followups = apply(
-                        &mut s,
-                        kind,
-                        decoded,
-                        &[],
-                        kind.wildcard(),
-                        observing(config, kind),
-                    );
-                    s.types[kind.index()].version = response.version_info.clone();
+            };
+            followups = apply(
+                &mut s,
+                kind,
+                decoded,
+                &[],
+                kind.wildcard(),
+                observing(config, kind),
+            );
+            s.types[kind.index()].version = response.version_info.clone();
+            tx.send(request(
+                kind,
+                s.request_names(kind),
+                &response.version_info,
+                &response.nonce,
+            ))?;
+            // After every CDS update Envoy asks for its clusters' endpoints again (they
+            // re-enter warming); after LDS, for routes when the names changed. An empty SotW
+            // list would mean "everything", so it is never sent.
+            let rds_changed = followups
+                .rds
+                .as_ref()
+                .is_some_and(|(a, r)| !a.is_empty() || !r.is_empty());
+            for (target, due) in [
+                (Kind::Endpoint, followups.eds.is_some()),
+                (Kind::Route, rds_changed),
+            ] {
+                if due && s.subscribed(target) {
+                    let t = s.of(target);
                     tx.send(request(
-                        kind,
-                        s.subscribed_names(kind),
-                        &response.version_info,
-                        &response.nonce,
+                        target,
+                        s.request_names(target),
+                        &t.version,
+                        &t.nonce,
                     ))?;
-                    // After every CDS update Envoy asks for its clusters' endpoints again (they
-                    // re-enter warming); after LDS, for routes when the names changed.
-                    // (An empty SotW list would mean every resource: never sent.)
-                    if followups.eds.is_some()
-                        && s.eds_rds(Kind::Endpoint).is_some_and(|n| !n.is_empty())
-                    {
-                        let eds = s.of(Kind::Endpoint);
-                        tx.send(request(
-                            Kind::Endpoint,
-                            s.subscribed_names(Kind::Endpoint),
-                            &eds.version,
-                            &eds.nonce,
-                        ))?;
-                    }
-                    if followups.rds.is_some()
-                        && s.eds_rds(Kind::Route).is_some_and(|n| !n.is_empty())
-                    {
-                        let rds = s.of(Kind::Route);
-                        tx.send(request(
-                            Kind::Route,
-                            s.subscribed_names(Kind::Route),
-                            &rds.version,
-                            &rds.nonce,
-                        ))?;
-                    }
-                    check_complete(&mut s, kind, &mut followups);
                 }
             }
+            check_complete(&mut s, kind, &mut followups);
         }
         notify(config, kind, &mut followups);
     }
     Ok(())
+}
+
+fn strings(names: &[Bytes]) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect()
 }
 
 async fn run_delta(
@@ -1044,14 +875,12 @@ async fn run_delta(
     state: &Mutex<SidecarState>,
     answered: &mut bool,
 ) -> Result<()> {
-    let channel = connect(&config.addr).await?;
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
-    grpc.ready().await.context("ADS channel")?;
+    let mut channel = grpc::connect(&config.addr, STREAM_WINDOW, CONNECTION_WINDOW).await?;
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
-    let subscribe = |kind: Kind, add: Vec<String>, remove: Vec<String>| DeltaDiscoveryRequest {
+    let subscribe = |kind: Kind, add: &[Bytes], remove: &[Bytes]| DeltaDiscoveryRequest {
         type_url: kind.type_url().into(),
-        resource_names_subscribe: add,
-        resource_names_unsubscribe: remove,
+        resource_names_subscribe: strings(add),
+        resource_names_unsubscribe: strings(remove),
         ..Default::default()
     };
     {
@@ -1060,44 +889,33 @@ async fn run_delta(
         s.stream += 1;
         s.complete_at = None;
         s.seen = [false; 4];
-        let mut first = true;
+        let mut node = Some(config.node.clone());
         for kind in [Kind::Cluster, Kind::Listener, Kind::Endpoint, Kind::Route] {
-            if !kind.wildcard() && s.eds_rds(kind).is_none_or(FastSet::is_empty) {
+            if !(kind.wildcard() || s.subscribed(kind)) {
                 continue;
             }
-            let names = s
-                .subscribed_names(kind)
-                .iter()
-                .map(|n| String::from_utf8_lossy(n).into_owned())
-                .collect();
-            let mut r = subscribe(kind, names, Vec::new());
+            let mut r = subscribe(kind, &s.request_names(kind), &[]);
             r.initial_resource_versions = s
                 .of(kind)
-                .held
+                .versions
                 .iter()
-                .filter_map(|(n, h)| Some((n.to_string(), h.version.as_deref()?.to_string())))
+                .filter_map(|(key, version)| {
+                    let name = registered(*key)?;
+                    Some((
+                        String::from_utf8_lossy(&name).into_owned(),
+                        version.to_string(),
+                    ))
+                })
                 .collect();
-            if first {
-                r.node = Some(config.node.clone());
-                first = false;
-            }
+            r.node = node.take();
             tx.send(r)?;
         }
     }
-    let codec =
-        tonic_prost::ProstCodec::<DeltaDiscoveryRequest, LiteDeltaDiscoveryResponse>::default();
-    let mut responses = grpc
-        .streaming(
-            tonic::Request::new(UnboundedReceiverStream::new(rx)),
-            PathAndQuery::from_static(ADS_DELTA),
-            codec,
-        )
-        .await
-        .context("opening the delta ADS stream")?
-        .into_inner();
-    while let Some(response) = responses.message().await? {
+    let mut stream = grpc::open(&mut channel, ADS_DELTA, rx).await?;
+    while let Some(mut message) = stream.next_message().await? {
         *answered = true;
         let at = Instant::now();
+        let response = LiteDeltaDiscoveryResponse::decode(&mut message.body)?;
         let Some(kind) = Kind::from_type_url(&response.type_url) else {
             continue;
         };
@@ -1105,10 +923,11 @@ async fn run_delta(
         let decoded: Result<Vec<Decoded>, String> = response
             .resources
             .iter()
-            .filter_map(|r| r.resource.as_ref().map(|any| (r, any)))
+            .filter_map(|r| Some((r, r.resource.as_ref()?)))
             .map(|(r, any)| {
                 bytes += any.value.len() as u64;
                 let mut d = decode_resource(kind, any, Some(&r.name))?;
+                register(d.key, &d.name);
                 d.version = Some(r.version.as_str().into());
                 Ok(d)
             })
@@ -1117,7 +936,6 @@ async fn run_delta(
         {
             let mut s = state.lock().expect("sidecar state");
             let stream = s.stream;
-            let nacked = decoded.is_err();
             record(
                 &mut s,
                 ResponseRecord {
@@ -1128,50 +946,44 @@ async fn run_delta(
                     resources: response.resources.len() as u32,
                     version: response.system_version_info.as_str().into(),
                     nonce: response.nonce.as_str().into(),
-                    nacked,
+                    nacked: decoded.is_err(),
                 },
             );
-            s.types[kind.index()].nonce = response.nonce.clone();
             let mut reply = DeltaDiscoveryRequest {
                 type_url: kind.type_url().into(),
                 response_nonce: response.nonce.clone(),
                 ..Default::default()
             };
-            match decoded {
+            let decoded = match decoded {
+                Ok(decoded) => decoded,
                 Err(detail) => {
                     reply.error_detail = nack_status(&detail);
                     tx.send(reply)?;
-                    let _ = config.events.send(Event::Nack {
-                        proxy: config.index,
-                        kind,
-                        detail,
-                    });
+                    nack_event(config, kind, detail);
                     continue;
                 }
-                Ok(decoded) => {
-                    followups = apply(
-                        &mut s,
-                        kind,
-                        decoded,
-                        &response.removed_resources,
-                        false,
-                        observing(config, kind),
-                    );
-                    s.types[kind.index()].version = response.system_version_info.clone();
-                    tx.send(reply)?;
-                    for (target, diff) in [
-                        (Kind::Endpoint, followups.eds.take()),
-                        (Kind::Route, followups.rds.take()),
-                    ] {
-                        if let Some((add, remove)) = diff
-                            && !(add.is_empty() && remove.is_empty())
-                        {
-                            tx.send(subscribe(target, add, remove))?;
-                        }
-                    }
-                    check_complete(&mut s, kind, &mut followups);
+            };
+            followups = apply(
+                &mut s,
+                kind,
+                decoded,
+                &response.removed_resources,
+                false,
+                observing(config, kind),
+            );
+            s.types[kind.index()].version = response.system_version_info.clone();
+            tx.send(reply)?;
+            for (target, diff) in [
+                (Kind::Endpoint, followups.eds.take()),
+                (Kind::Route, followups.rds.take()),
+            ] {
+                if let Some((add, remove)) = diff
+                    && !(add.is_empty() && remove.is_empty())
+                {
+                    tx.send(subscribe(target, &add, &remove))?;
                 }
             }
+            check_complete(&mut s, kind, &mut followups);
         }
         notify(config, kind, &mut followups);
     }
@@ -1183,40 +995,23 @@ async fn run_delta(
 pub struct StalledClient {
     _channel: tonic::transport::Channel,
     _requests: mpsc::UnboundedSender<LiteDiscoveryRequest>,
-    _responses: tonic::codec::Streaming<LiteDiscoveryResponse>,
+    _stream: grpc::GrpcStream,
 }
 
 impl StalledClient {
     pub async fn open(addr: &str, node: Node) -> Result<StalledClient> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(10))
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        let mut grpc = tonic::client::Grpc::new(channel.clone());
-        grpc.ready().await?;
+        let mut channel = grpc::connect(addr, 65_535, 65_535).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         tx.send(LiteDiscoveryRequest {
             type_url: Kind::Cluster.type_url().into(),
             node: Some(node),
             ..Default::default()
         })?;
-        let codec =
-            tonic_prost::ProstCodec::<LiteDiscoveryRequest, LiteDiscoveryResponse>::default();
-        let responses = grpc
-            .streaming(
-                tonic::Request::new(UnboundedReceiverStream::new(rx)),
-                PathAndQuery::from_static(ADS_SOTW),
-                codec,
-            )
-            .await?
-            .into_inner();
+        let stream = grpc::open(&mut channel, ADS_SOTW, rx).await?;
         Ok(StalledClient {
             _channel: channel,
             _requests: tx,
-            _responses: responses,
+            _stream: stream,
         })
     }
 }
@@ -1273,25 +1068,38 @@ mod tests {
         }))
     }
 
+    fn mk_named(kind: Kind, name: &str) -> LiteAny {
+        LiteAny {
+            type_url: kind.type_url().into(),
+            value: LiteNamed {
+                name: Bytes::copy_from_slice(name.as_bytes()),
+            }
+            .encode_to_vec()
+            .into(),
+        }
+    }
+
+    fn decode(kind: Kind, any: &LiteAny) -> Decoded {
+        decode_resource(kind, any, None).unwrap()
+    }
+
     #[test]
     fn clusters_yield_their_eds_names_and_listeners_their_routes() {
-        let c = decode_resource(Kind::Cluster, &mk_eds_cluster("a", ""), None).unwrap();
-        assert_eq!((&*c.name, c.eds.as_deref()), ("a", Some("a")));
-        let c = decode_resource(Kind::Cluster, &mk_eds_cluster("b", "svc-b"), None).unwrap();
-        assert_eq!(c.eds.as_deref(), Some("svc-b"));
+        let c = decode(Kind::Cluster, &mk_eds_cluster("a", ""));
+        assert_eq!((c.key, c.eds), (name_key(b"a"), Some(name_key(b"a"))));
+        let c = decode(Kind::Cluster, &mk_eds_cluster("b", "svc-b"));
+        assert_eq!(c.eds, Some(name_key(b"svc-b")));
+        assert_eq!(
+            registered(name_key(b"svc-b")).as_deref(),
+            Some(&b"svc-b"[..])
+        );
         let static_cluster = lite(pack_any(Cluster {
             name: "static".into(),
             ..Default::default()
         }));
-        assert!(
-            decode_resource(Kind::Cluster, &static_cluster, None)
-                .unwrap()
-                .eds
-                .is_none()
-        );
-        let l =
-            decode_resource(Kind::Listener, &mk_listener("0.0.0.0_8080", "8080"), None).unwrap();
-        assert_eq!(l.routes, vec![intern("8080")]);
+        assert!(decode(Kind::Cluster, &static_cluster).eds.is_none());
+        let l = decode(Kind::Listener, &mk_listener("0.0.0.0_8080", "8080"));
+        assert_eq!(l.routes, vec![name_key(b"8080")]);
     }
 
     #[test]
@@ -1302,52 +1110,69 @@ mod tests {
         let listener = mk_listener("l", "r");
         assert!(decode_resource(Kind::Cluster, &listener, None).is_err());
         // A delta resource whose name disagrees with its body.
-        assert!(decode_resource(Kind::Listener, &listener, Some("other")).is_err());
+        let other = Bytes::from_static(b"other");
+        assert!(decode_resource(Kind::Listener, &listener, Some(&other)).is_err());
     }
 
     #[test]
     fn complete_needs_every_subscribed_endpoint_and_route() {
         let mut state = SidecarState::new();
-        let clusters = vec![
-            decode_resource(Kind::Cluster, &mk_eds_cluster("a", ""), None).unwrap(),
-            decode_resource(Kind::Cluster, &mk_eds_cluster("b", ""), None).unwrap(),
-        ];
-        let f = apply(&mut state, Kind::Cluster, clusters, &[], true, false);
-        assert_eq!(f.eds, Some((vec!["a".into(), "b".into()], vec![])));
         let mut f = Followups::default();
+        let clusters = vec![
+            decode(Kind::Cluster, &mk_eds_cluster("a", "")),
+            decode(Kind::Cluster, &mk_eds_cluster("b", "")),
+        ];
+        let applied = apply(&mut state, Kind::Cluster, clusters, &[], true, false);
+        let (added, removed) = applied.eds.unwrap();
+        assert_eq!((added.len(), removed.len()), (2, 0));
         check_complete(&mut state, Kind::Cluster, &mut f);
-        let listeners =
-            vec![decode_resource(Kind::Listener, &mk_listener("l", "r"), None).unwrap()];
+        let listeners = vec![decode(Kind::Listener, &mk_listener("l", "r"))];
         apply(&mut state, Kind::Listener, listeners, &[], true, false);
         check_complete(&mut state, Kind::Listener, &mut f);
         assert!(!state.is_complete());
-        let named = |name: &str| LiteAny {
-            type_url: Kind::Endpoint.type_url().into(),
-            value: LiteNamed {
-                name: Bytes::copy_from_slice(name.as_bytes()),
-            }
-            .encode_to_vec()
-            .into(),
-        };
-        let eds = vec![decode_resource(Kind::Endpoint, &named("a"), None).unwrap()];
+        let eds = vec![decode(Kind::Endpoint, &mk_named(Kind::Endpoint, "a"))];
         apply(&mut state, Kind::Endpoint, eds, &[], false, false);
         check_complete(&mut state, Kind::Endpoint, &mut f);
         assert!(!state.is_complete(), "b and the route are missing");
-        let eds = vec![decode_resource(Kind::Endpoint, &named("b"), None).unwrap()];
+        let eds = vec![decode(Kind::Endpoint, &mk_named(Kind::Endpoint, "b"))];
         apply(&mut state, Kind::Endpoint, eds, &[], false, false);
-        let mut route = named("r");
-        route.type_url = Kind::Route.type_url().into();
-        let rds = vec![decode_resource(Kind::Route, &route, None).unwrap()];
+        let rds = vec![decode(Kind::Route, &mk_named(Kind::Route, "r"))];
         apply(&mut state, Kind::Route, rds, &[], false, false);
         check_complete(&mut state, Kind::Route, &mut f);
         assert!(state.is_complete());
         assert!(f.completed.is_some());
-        // A SotW CDS update without cluster b drops it and its EDS subscription.
-        let clusters =
-            vec![decode_resource(Kind::Cluster, &mk_eds_cluster("a", ""), None).unwrap()];
-        let f = apply(&mut state, Kind::Cluster, clusters, &[], true, false);
-        assert_eq!(f.eds, Some((vec![], vec!["b".into()])));
+        // The same clusters again change no subscription; without b, b is unsubscribed.
+        let same = vec![
+            decode(Kind::Cluster, &mk_eds_cluster("b", "")),
+            decode(Kind::Cluster, &mk_eds_cluster("a", "")),
+        ];
+        let applied = apply(&mut state, Kind::Cluster, same, &[], true, false);
+        assert_eq!(applied.eds, Some((vec![], vec![])));
+        let clusters = vec![decode(Kind::Cluster, &mk_eds_cluster("a", ""))];
+        let applied = apply(&mut state, Kind::Cluster, clusters, &[], true, false);
+        assert_eq!(applied.eds, Some((vec![], vec![Bytes::from_static(b"b")])));
         assert_eq!(state.of(Kind::Cluster).held.len(), 1);
+    }
+
+    #[test]
+    fn observers_hear_of_new_and_changed_bodies_only() {
+        let mut state = SidecarState::new();
+        let first = vec![decode(Kind::Endpoint, &mk_named(Kind::Endpoint, "a"))];
+        assert_eq!(
+            apply(&mut state, Kind::Endpoint, first, &[], false, true)
+                .changed
+                .len(),
+            1
+        );
+        let again = vec![decode(Kind::Endpoint, &mk_named(Kind::Endpoint, "a"))];
+        assert!(
+            apply(&mut state, Kind::Endpoint, again, &[], false, true)
+                .changed
+                .is_empty()
+        );
+        let removed = [Bytes::from_static(b"a")];
+        apply(&mut state, Kind::Endpoint, vec![], &removed, false, true);
+        assert!(state.of(Kind::Endpoint).held.is_empty());
     }
 
     #[test]

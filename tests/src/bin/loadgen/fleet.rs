@@ -194,12 +194,17 @@ impl Fleet {
     }
 
     /// Responses and resource bytes received since `since`, by type, and how many NACKs were
-    /// sent in that time.
-    pub fn received_since(&self, since: Option<Instant>) -> Value {
+    /// sent in that time; with `since`, only by proxies that had completed before it (a
+    /// straggler's initial config is not a push caused by what happened since).
+    pub fn received_since(&mut self, since: Option<Instant>) -> Value {
+        self.drain();
         let mut responses: BTreeMap<&str, u64> = Kind::ALL.iter().map(|k| (k.short(), 0)).collect();
         let mut bytes = responses.clone();
         let mut nacked = 0;
-        for sidecar in &self.sidecars {
+        for (sidecar, complete) in self.sidecars.iter().zip(&self.first_complete) {
+            if since.is_some_and(|t| complete.is_none_or(|c| c > t)) {
+                continue;
+            }
             sidecar.with_state(|s| {
                 for r in s.log.iter().filter(|r| since.is_none_or(|t| r.at >= t)) {
                     *responses.entry(r.kind.short()).or_default() += 1;

@@ -8,14 +8,8 @@
 use crate::Flags;
 use crate::fleet::{FleetOptions, connect_fleet, ms, own_cpu_seconds, phase, scrape, summary};
 use anyhow::{Context, Result};
-use meshpilot_tests::lite_client::Kind;
 use serde_json::json;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// A resource's identity as a number, to keep 5,000 proxies' worth of snapshots small.
-fn key(kind: Kind, name: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), kind as u64)
-}
 
 /// Reads the harness's `restarted <µs>` line and turns it into an `Instant`.
 async fn restarted_at(timeout: Duration) -> Result<Instant> {
@@ -46,20 +40,11 @@ pub async fn run(f: Flags) -> Result<()> {
     let (mut fleet, connect, complete) = connect_fleet(&options, None).await?;
     phase("complete");
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // (type and name key, body hash), sorted: small enough for thousands of proxies.
     let before: Vec<Vec<(u64, u64)>> = fleet
         .sidecars
         .iter()
-        .map(|s| {
-            s.with_state(|s| {
-                let mut held: Vec<(u64, u64)> = s
-                    .hashes()
-                    .into_iter()
-                    .map(|((k, n), h)| (key(k, &n), h))
-                    .collect();
-                held.sort_unstable();
-                held
-            })
-        })
+        .map(|s| s.with_state(|s| s.held_hashes()))
         .collect();
     let streams = fleet.streams();
     fleet.drain();
@@ -76,24 +61,17 @@ pub async fn run(f: Flags) -> Result<()> {
         .map(|at| ms(at.saturating_duration_since(restarted)))
         .collect();
     let (mut compared, mut differing, mut missing) = (0u64, 0u64, 0u64);
-    let mut first_differing = None;
     for (sidecar, before) in fleet.sidecars.iter().zip(&before) {
-        sidecar.with_state(|s| {
-            let after = s.hashes();
-            let mut present = 0;
-            for ((kind, name), hash) in &after {
-                let Ok(i) = before.binary_search_by_key(&key(*kind, name), |(k, _)| *k) else {
-                    continue;
-                };
-                present += 1;
-                compared += 1;
-                if before[i].1 != *hash {
-                    differing += 1;
-                    first_differing.get_or_insert_with(|| format!("{} {name}", kind.short()));
+        let after = sidecar.with_state(|s| s.held_hashes());
+        for (key, hash) in before {
+            match after.binary_search_by_key(key, |(k, _)| *k) {
+                Ok(i) => {
+                    compared += 1;
+                    differing += u64::from(after[i].1 != *hash);
                 }
+                Err(_) => missing += 1,
             }
-            missing += (before.len() - present) as u64;
-        });
+        }
     }
     let rejects = match scrape(&metrics).await {
         Ok(text) => json!(crate::fleet::counter_by_type(
@@ -114,7 +92,6 @@ pub async fn run(f: Flags) -> Result<()> {
         "server_rejects_after_restart": rejects,
         "resources_compared": compared,
         "resources_differing": differing,
-        "first_differing": first_differing,
         "resources_missing_after": missing,
         "client_problems": fleet.problems(),
         "loadgen_cpu_seconds": own_cpu_seconds(),

@@ -52,7 +52,7 @@ pub async fn run(f: Flags) -> Result<()> {
     let metrics = f.text("metrics")?;
     let mesh = PathBuf::from(f.text("mesh")?);
     let spec = read_spec(&mesh)?;
-    let settle = f.seconds("settle-secs", 60)?;
+    let settle = f.seconds("settle-secs", 120)?;
     let watch = Arc::new(RouteWatch {
         route: SERVICE_PORT.to_string(),
         edited: OnceLock::new(),

@@ -1,0 +1,185 @@
+//! The minimal protobuf views the client uses: only the fields it reads or writes (prost skips
+//! the rest). Names and bodies are `Bytes` slices of the received message (no copies); string
+//! fields are wire-compatible with `bytes` ones.
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::rpc::Status;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteAny {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub type_url: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
+}
+
+/// `DiscoveryRequest` with shared names: a SotW ACK repeats every subscribed name (over a
+/// thousand for EDS), so they are reference-counted slices, not fresh strings.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteDiscoveryRequest {
+    #[prost(string, tag = "1")]
+    pub version_info: String,
+    #[prost(message, optional, tag = "2")]
+    pub node: Option<Node>,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    pub resource_names: Vec<Bytes>,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub response_nonce: String,
+    #[prost(message, optional, tag = "6")]
+    pub error_detail: Option<Status>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteDiscoveryResponse {
+    #[prost(string, tag = "1")]
+    pub version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    pub resources: Vec<LiteAny>,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub nonce: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteResource {
+    #[prost(string, tag = "1")]
+    pub version: String,
+    #[prost(message, optional, tag = "2")]
+    pub resource: Option<LiteAny>,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub name: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteDeltaDiscoveryResponse {
+    #[prost(string, tag = "1")]
+    pub system_version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    pub resources: Vec<LiteResource>,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub nonce: String,
+    #[prost(bytes = "bytes", repeated, tag = "6")]
+    pub removed_resources: Vec<Bytes>,
+}
+
+/// `Cluster`: name, `type` (3 = EDS) and `eds_cluster_config.service_name`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteCluster {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub name: Bytes,
+    #[prost(int32, optional, tag = "2")]
+    pub discovery_type: Option<i32>,
+    #[prost(message, optional, tag = "3")]
+    pub eds_cluster_config: Option<LiteEdsClusterConfig>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteEdsClusterConfig {
+    #[prost(bytes = "bytes", tag = "2")]
+    pub service_name: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteListener {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub name: Bytes,
+    #[prost(message, repeated, tag = "3")]
+    pub filter_chains: Vec<LiteFilterChain>,
+    #[prost(message, optional, tag = "25")]
+    pub default_filter_chain: Option<LiteFilterChain>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteFilterChain {
+    #[prost(message, repeated, tag = "3")]
+    pub filters: Vec<LiteFilter>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteFilter {
+    #[prost(message, optional, tag = "4")]
+    pub typed_config: Option<LiteAny>,
+}
+
+/// `HttpConnectionManager.rds`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteHttpConnectionManager {
+    #[prost(message, optional, tag = "3")]
+    pub rds: Option<LiteRds>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteRds {
+    #[prost(bytes = "bytes", tag = "2")]
+    pub route_config_name: Bytes,
+}
+
+/// `ClusterLoadAssignment.cluster_name` and `RouteConfiguration.name` are both field 1.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteNamed {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub name: Bytes,
+}
+
+/// `ClusterLoadAssignment` down to the endpoint addresses.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteLoadAssignment {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub cluster_name: Bytes,
+    #[prost(message, repeated, tag = "2")]
+    pub endpoints: Vec<LiteLocalityEndpoints>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteLocalityEndpoints {
+    #[prost(message, repeated, tag = "2")]
+    pub lb_endpoints: Vec<LiteLbEndpoint>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteLbEndpoint {
+    #[prost(message, optional, tag = "1")]
+    pub endpoint: Option<LiteEndpoint>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteEndpoint {
+    #[prost(message, optional, tag = "1")]
+    pub address: Option<LiteAddress>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteAddress {
+    #[prost(message, optional, tag = "1")]
+    pub socket_address: Option<LiteSocketAddress>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteSocketAddress {
+    #[prost(string, tag = "2")]
+    pub address: String,
+}
+
+impl LiteLoadAssignment {
+    /// Every endpoint's socket address.
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .filter_map(|e| {
+                e.endpoint
+                    .as_ref()?
+                    .address
+                    .as_ref()?
+                    .socket_address
+                    .as_ref()
+            })
+            .map(|s| s.address.as_str())
+    }
+}
