@@ -17,11 +17,11 @@
 mod grpc;
 pub mod proto;
 
+use crate::xds_client::metadata;
 use anyhow::Result;
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind as ValueKind};
 use envoy_types::pb::google::rpc::Status;
 use meshpilot_translate::type_urls;
 use prost::Message;
@@ -367,23 +367,6 @@ impl SidecarState {
             && !self.of(Kind::Listener).held.is_empty()
             && holds_all(Kind::Endpoint)
             && holds_all(Kind::Route)
-    }
-}
-
-/// `node.metadata` with string values.
-pub fn metadata(pairs: &[(&str, &str)]) -> Struct {
-    Struct {
-        fields: pairs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    Value {
-                        kind: Some(ValueKind::StringValue(v.to_string())),
-                    },
-                )
-            })
-            .collect(),
     }
 }
 
