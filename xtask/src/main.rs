@@ -362,6 +362,10 @@ fn build_kube_apiserver(scratch: &Path, target: &Path) -> Result<()> {
         bail!("{} missing: golang-1.19-go did not install", go.display());
     }
     let path = format!("{GO_1_19_BIN}:{}", env::var("PATH").unwrap_or_default());
+    // Go's per-build work directory defaults to /tmp, which may be a small filesystem; keep
+    // it in the scratch tree so it lands next to the sources and goes away with them.
+    let go_tmp = scratch.join("go-tmp");
+    std::fs::create_dir_all(&go_tmp)?;
     eprintln!("xtask: building kube-apiserver (about 4 minutes of 2 cores)");
     // The Kubernetes scripts set GOPATH (a tree under _output/), GOCACHE (there too) and
     // GO111MODULE=off themselves; user settings that would fight them are cleared.
@@ -374,11 +378,18 @@ fn build_kube_apiserver(scratch: &Path, target: &Path) -> Result<()> {
         .env("GOENV", "off")
         .env("GOTOOLCHAIN", "local")
         .env("GOFLAGS", "")
+        .env("GOTMPDIR", &go_tmp)
+        .env("TMPDIR", &go_tmp)
         .env_remove("GOROOT")
         .env_remove("GOPATH")
         .env_remove("GOBIN")
         .env_remove("MAKEFLAGS"))
-    .context("building kube-apiserver from Debian's kubernetes source")?;
+    .with_context(|| {
+        format!(
+            "building kube-apiserver from Debian's kubernetes source ({})",
+            free_space(scratch)
+        )
+    })?;
     let built = tree.join("_output/bin/kube-apiserver");
     let version = output(Command::new(&built).arg("--version"))?;
     if version != KUBE_VERSION {
@@ -636,6 +647,25 @@ fn deb_src_twins(entries: &[AptSource], codename: &str) -> String {
     stanzas.join("\n")
 }
 
+/// "N free on <mount>" for error messages: a full disk is the usual reason a big build fails.
+fn free_space(path: &Path) -> String {
+    match output(
+        Command::new("df")
+            .args(["-h", "--output=avail,target"])
+            .arg(path),
+    ) {
+        Ok(df) => match df
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().split_once(char::is_whitespace))
+        {
+            Some((avail, mount)) => format!("{avail} free on {}", mount.trim()),
+            None => format!("df printed {df:?}"),
+        },
+        Err(e) => format!("free space unknown: {e:#}"),
+    }
+}
+
 /// Also looks in the sbin directories, which a non-root PATH often lacks.
 fn on_path(tool: &str) -> bool {
     let path = env::var_os("PATH").unwrap_or_default();
@@ -717,6 +747,12 @@ fn sync_descriptors(root: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_space_names_the_mount() {
+        let note = free_space(Path::new("/"));
+        assert!(note.ends_with(" free on /"), "{note}");
+    }
 
     #[test]
     fn deb822_debian_suites_get_deb_src_twins_and_third_parties_do_not() {
