@@ -78,6 +78,11 @@ impl Snapshot {
         self.pods.get(&ObjectKey::new(namespace, name))
     }
 
+    /// [`Snapshot::pod`] for callers that hold the key (no allocation per lookup).
+    pub fn pod_by_key(&self, key: &ObjectKey) -> Option<&Arc<Pod>> {
+        self.pods.get(key)
+    }
+
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Arc<Pod>> {
         self.pods_by_ip.get(&ip).and_then(|k| self.pods.get(k))
     }

@@ -2,11 +2,12 @@
 
 use crate::parse::parse_file;
 use crate::{LoadError, object_ref};
-use meshpilot_model::{ChangeSet, Index, Kind, Object};
+use meshpilot_model::{ChangeSet, Index, Kind, Object, ObjectKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 /// File name endings read as config; anything else in the directories is left alone.
 const CONFIG_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -21,7 +22,14 @@ pub struct FileSource {
     roots: Vec<Root>,
     /// Last good objects of each file, with their document index, in path order.
     files: BTreeMap<PathBuf, Vec<(usize, Object)>>,
+    /// Where each object is defined: (file, position in its objects), in path then document
+    /// order, so the first entry is the copy in effect.
+    owners: HashMap<ObjectIdentity, Vec<(Arc<Path>, usize)>>,
+    /// Objects whose copy in effect may differ from what [`FileSource::apply_to`] last applied.
+    dirty: HashSet<ObjectIdentity>,
 }
+
+type ObjectIdentity = (Kind, ObjectKey);
 
 /// A watched directory as given, plus the other spellings a watcher may report it by.
 #[derive(Debug)]
@@ -85,6 +93,8 @@ impl FileSource {
         FileSource {
             roots: dirs.into_iter().map(Root::new).collect(),
             files: BTreeMap::new(),
+            owners: HashMap::new(),
+            dirty: HashSet::new(),
         }
     }
 
@@ -125,21 +135,30 @@ impl FileSource {
         errors
     }
 
-    /// Replaces every kind in `index` with the union of all files' objects, so removals take
-    /// effect; unchanged objects produce no changes.
-    pub fn apply_to(&self, index: &mut Index) -> ChangeSet {
-        let mut by_kind: HashMap<Kind, Vec<Object>> = HashMap::new();
-        for object in self.objects() {
-            by_kind
-                .entry(object.kind())
-                .or_default()
-                .push(object.clone());
-        }
+    /// Brings `index` up to date with the files: every object added, edited or removed since
+    /// the last call (everything, the first time) is applied or deleted, so only what the
+    /// touched files define is looked at. Unchanged objects produce no changes.
+    pub fn apply_to(&mut self, index: &mut Index) -> ChangeSet {
+        let mut dirty: Vec<ObjectIdentity> = self.dirty.drain().collect();
+        // Kind order as a full sync applies them; within a kind, key order.
+        dirty.sort_unstable();
         let mut changes = ChangeSet::default();
-        for kind in Kind::ALL {
-            changes.merge(index.reset(kind, by_kind.remove(&kind).unwrap_or_default()));
+        for (kind, key) in dirty {
+            changes.merge(match self.in_effect(kind, &key) {
+                Some(object) => index.apply(object.clone()),
+                None => index.delete(kind, &key),
+            });
         }
         changes
+    }
+
+    /// The copy of an object in effect: the first in path order.
+    fn in_effect(&self, kind: Kind, key: &ObjectKey) -> Option<&Object> {
+        let (path, position) = self.owners.get(&(kind, key.clone()))?.first()?;
+        self.files
+            .get(&**path)
+            .and_then(|objects| objects.get(*position))
+            .map(|(_, object)| object)
     }
 
     /// Every loaded object in path order, duplicates left out.
@@ -149,6 +168,34 @@ impl FileSource {
             .filter(|(_, _, object)| seen.insert((object.kind(), object.key())))
             .map(|(_, _, object)| object)
             .collect()
+    }
+
+    /// Replaces (or with `None` drops) one file's objects, keeping `owners` and `dirty` in step.
+    fn set_file(&mut self, path: &Path, objects: Option<Vec<(usize, Object)>>) {
+        if let Some(old) = self.files.remove(path) {
+            for (_, object) in &old {
+                let identity = (object.kind(), object.key());
+                if let Some(owners) = self.owners.get_mut(&identity) {
+                    owners.retain(|(p, _)| **p != *path);
+                    if owners.is_empty() {
+                        self.owners.remove(&identity);
+                    }
+                }
+                self.dirty.insert(identity);
+            }
+        }
+        let Some(objects) = objects else {
+            return;
+        };
+        let shared: Arc<Path> = path.into();
+        for (position, (_, object)) in objects.iter().enumerate() {
+            let identity = (object.kind(), object.key());
+            let owners = self.owners.entry(identity.clone()).or_default();
+            let at = owners.partition_point(|(p, i)| (&**p, *i) < (path, position));
+            owners.insert(at, (shared.clone(), position));
+            self.dirty.insert(identity);
+        }
+        self.files.insert(path.to_path_buf(), objects);
     }
 
     fn entries(&self) -> impl Iterator<Item = (&Path, usize, &Object)> {
@@ -161,31 +208,42 @@ impl FileSource {
 
     /// Duplicates where either copy lives in a file just touched (older ones were reported).
     fn duplicate_errors(&self, touched: &BTreeSet<PathBuf>) -> Vec<LoadError> {
-        let mut first: HashMap<_, (&Path, usize)> = HashMap::new();
-        let mut errors = Vec::new();
-        for (path, document, object) in self.entries() {
-            let Some((first_path, first_document)) =
-                first.get(&(object.kind(), object.key())).copied()
-            else {
-                first.insert((object.kind(), object.key()), (path, document));
-                continue;
-            };
-            if !touched.contains(path) && !touched.contains(first_path) {
-                continue;
+        let mut reported = BTreeSet::new();
+        for path in touched {
+            for (_, object) in self.files.get(path).into_iter().flatten() {
+                let Some(owners) = self.owners.get(&(object.kind(), object.key())) else {
+                    continue;
+                };
+                let Some(((first, _), copies)) = owners.split_first() else {
+                    continue;
+                };
+                for (copy, position) in copies {
+                    if touched.contains(&**copy) || touched.contains(&**first) {
+                        reported.insert((copy.clone(), *position));
+                    }
+                }
             }
-            errors.push(LoadError {
-                file: path.to_path_buf(),
-                document: Some(document),
-                object: Some(object_ref(object)),
-                field: None,
-                message: format!(
-                    "duplicate of {} document {first_document}, which is used instead \
-                     (the first in path order wins)",
-                    first_path.display()
-                ),
-            });
         }
-        errors
+        reported
+            .into_iter()
+            .filter_map(|(path, position)| {
+                let (document, object) = self.files.get(&*path)?.get(position)?;
+                let (first_path, first_position) =
+                    self.owners.get(&(object.kind(), object.key()))?.first()?;
+                let (first_document, _) = self.files.get(&**first_path)?.get(*first_position)?;
+                Some(LoadError {
+                    file: path.to_path_buf(),
+                    document: Some(*document),
+                    object: Some(object_ref(object)),
+                    field: None,
+                    message: format!(
+                        "duplicate of {} document {first_document}, which is used instead \
+                         (the first in path order wins)",
+                        first_path.display()
+                    ),
+                })
+            })
+            .collect()
     }
 
     fn plan(&self, changed_paths: &[PathBuf]) -> Plan {
@@ -258,7 +316,7 @@ impl FileSource {
             .cloned()
             .collect();
         for p in gone {
-            self.files.remove(&p);
+            self.set_file(&p, None);
             touched.insert(p);
         }
     }
@@ -286,7 +344,7 @@ impl FileSource {
             }
             Ok(parsed) => {
                 errors.extend(parsed.errors);
-                self.files.insert(path.to_path_buf(), parsed.objects);
+                self.set_file(path, Some(parsed.objects));
                 touched.insert(path.to_path_buf());
                 return;
             }
@@ -521,6 +579,62 @@ mod tests {
         fs::remove_dir_all(dir.path().join("gone")).unwrap();
         source.reload(&[dir.path().join("gone")]);
         assert_eq!(names(&source), vec!["Service:default/reviews"]);
+    }
+
+    #[test]
+    fn applying_after_a_reload_touches_only_what_the_files_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        let b = dir.path().join("b.yaml");
+        write(&a, &mk_service_yaml("reviews", "10.96.0.1"));
+        write(
+            &b,
+            &format!(
+                "{}---\n{}",
+                mk_service_yaml("ratings", "10.96.0.2"),
+                mk_service_yaml("details", "10.96.0.3")
+            ),
+        );
+        let mut source = FileSource::new(vec![dir.path().to_path_buf()]);
+        assert!(source.load_all().is_empty());
+        let mut index = Index::default();
+        assert_eq!(source.apply_to(&mut index).services.len(), 3);
+
+        // One object edited, one dropped from its file: exactly those two change.
+        write(&b, &mk_service_yaml("ratings", "10.96.0.22"));
+        assert!(source.reload(std::slice::from_ref(&b)).is_empty());
+        let changes = source.apply_to(&mut index);
+        let changed: Vec<&str> = changes.services.iter().map(|h| &**h).collect();
+        assert_eq!(
+            changed,
+            [
+                "details.default.svc.cluster.local",
+                "ratings.default.svc.cluster.local"
+            ]
+        );
+        assert_eq!(
+            index.keys(Kind::Service),
+            [
+                ObjectKey::new("default", "ratings"),
+                ObjectKey::new("default", "reviews")
+            ]
+        );
+
+        // An object moved unchanged to another file changes nothing.
+        write(&a, &mk_namespace_yaml("x"));
+        write(
+            &b,
+            &format!(
+                "{}---\n{}",
+                mk_service_yaml("ratings", "10.96.0.22"),
+                mk_service_yaml("reviews", "10.96.0.1")
+            ),
+        );
+        assert!(source.reload(&[a, b]).is_empty());
+        let changes = source.apply_to(&mut index);
+        assert!(changes.services.is_empty() && changes.endpoints.is_empty());
+        assert_eq!(changes.namespaces.len(), 1);
+        assert_eq!(index.keys(Kind::Service).len(), 2);
     }
 
     #[test]

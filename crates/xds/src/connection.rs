@@ -15,11 +15,13 @@
 //!   warming and need their assignments again;
 //! - types this server does not serve get an empty answer and never end the stream.
 
+use crate::request::SotwRequest;
 use crate::resources::{NameSet, Resource, ResourceCache, ResourceSet, Resources, SetDiff};
 use crate::response::{DeltaResponse, SotwResponse};
 use crate::types::{ResourceType, TypeSet, affected_types};
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use meshpilot_model::{ChangeSet, Proxy};
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use meshpilot_model::{ChangeSet, ObjectKey, Proxy};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -114,6 +116,10 @@ pub struct Watch {
     pub wildcard: bool,
     /// Explicitly subscribed names (EDS/RDS), interned.
     pub names: Arc<NameSet>,
+    /// Fingerprint of the last SotW request's name list (in its order) known to spell `names`:
+    /// Envoy repeats the same list on every ACK, so most requests are recognised without
+    /// comparing thousands of names.
+    request_fingerprint: Option<u128>,
     /// What the proxy holds.
     pub held: Held,
     pub last_sent_nonce: Option<String>,
@@ -130,6 +136,34 @@ pub struct Watch {
     pub responded: bool,
 }
 
+impl Watch {
+    /// Takes a SotW request's names as the subscription; says whether they differ from it.
+    fn update_names(&mut self, request: &SotwRequest, ctx: &PushContext) -> bool {
+        let fingerprint = fingerprint(&request.resource_names);
+        if self.request_fingerprint == Some(fingerprint) {
+            return false;
+        }
+        self.request_fingerprint = Some(fingerprint);
+        if self.names.same_as(&request.resource_names) {
+            return false;
+        }
+        self.names = ctx.cache.intern(NameSet::new(request.names()));
+        true
+    }
+}
+
+/// A 128-bit hash of a name list in its order. Each name is length-prefixed, so no two lists
+/// share an encoding; the list is laid out once and hashed in one pass, which is several
+/// times faster than feeding a streaming hasher two small pieces per name.
+fn fingerprint(names: &[Bytes]) -> u128 {
+    let mut encoded = Vec::with_capacity(names.iter().map(|n| n.len() + 4).sum());
+    for name in names {
+        encoded.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        encoded.extend_from_slice(name);
+    }
+    xxhash_rust::xxh3::xxh3_128(&encoded)
+}
+
 /// What [`Connection`] reports about a NACK, for logs and counters at the edge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Nack {
@@ -141,6 +175,8 @@ pub struct Nack {
 pub struct Connection {
     pub id: String,
     proxy: Proxy,
+    /// The proxy's pod, `namespace/name`, fixed for the connection.
+    pod_key: ObjectKey,
     /// Labels from node metadata, used when the pod is not (yet) known.
     metadata_labels: BTreeMap<String, String>,
     flavor: Flavor,
@@ -155,6 +191,7 @@ impl Connection {
     pub fn new(id: String, proxy: Proxy, flavor: Flavor, control_plane_id: &str) -> Self {
         Connection {
             id,
+            pod_key: ObjectKey::new(&proxy.namespace, &proxy.pod_name),
             metadata_labels: proxy.labels.clone(),
             proxy,
             flavor,
@@ -187,26 +224,33 @@ impl Connection {
         std::mem::take(&mut self.nacks)
     }
 
-    /// Pod labels win over metadata labels, as istiod does.
+    /// Pod labels win over metadata labels, as istiod does. Copies only when they differ.
     fn refresh_proxy(&mut self, ctx: &PushContext) {
-        if self.proxy.labels != self.metadata_labels {
-            self.proxy.labels = self.metadata_labels.clone();
+        let labels = match ctx.cache.snapshot().pod_by_key(&self.pod_key) {
+            Some(pod) => &pod.labels,
+            None => &self.metadata_labels,
+        };
+        if self.proxy.labels != *labels {
+            self.proxy.labels = labels.clone();
         }
-        self.proxy.refresh_labels(ctx.cache.snapshot());
     }
 
     // ---- state of the world -------------------------------------------------------------
 
-    pub fn on_sotw_request(&mut self, req: DiscoveryRequest, ctx: &PushContext) -> Vec<Outgoing> {
+    /// Takes the server's [`SotwRequest`] or (tests, tools) Envoy's `DiscoveryRequest`.
+    pub fn on_sotw_request(
+        &mut self,
+        req: impl Into<SotwRequest>,
+        ctx: &PushContext,
+    ) -> Vec<Outgoing> {
+        let req: SotwRequest = req.into();
         self.refresh_proxy(ctx);
         let kind = ResourceType::from_type_url(&req.type_url);
         let watch = self.watches.entry(req.type_url.clone()).or_default();
         if req.response_nonce.is_empty() {
             // First request for this type, or a reconnect: start over with the full state.
             watch.wildcard = kind.is_none_or(ResourceType::is_wildcard);
-            if !watch.names.same_as(&req.resource_names) {
-                watch.names = ctx.cache.intern(NameSet::new(req.resource_names));
-            }
+            watch.update_names(&req, ctx);
             watch.held = Held::default();
             watch.pending = false;
             return self.reply(&req.type_url, ctx, true, None);
@@ -224,12 +268,9 @@ impl Connection {
             self.nacks.push(nack);
             return self.settle_owed(&req.type_url, ctx);
         }
+        let resubscribed = !watch.wildcard && watch.update_names(&req, ctx);
         watch.acked_nonce = Some(req.response_nonce);
         watch.last_error = None;
-        let resubscribed = !watch.wildcard && !watch.names.same_as(&req.resource_names);
-        if resubscribed {
-            watch.names = ctx.cache.intern(NameSet::new(req.resource_names));
-        }
         if resubscribed || watch.owed || watch.owed_full {
             // New names are answered now; dropped ones leave what the proxy is known to hold.
             watch.owed = false;
@@ -338,7 +379,7 @@ impl Connection {
     pub fn on_push(&mut self, ctx: &PushContext, changes: Option<&ChangeSet>) -> Vec<Outgoing> {
         self.refresh_proxy(ctx);
         let affected = match changes {
-            Some(c) if !c.pods.contains(&self.pod_key()) => affected_types(c, ctx.cache.snapshot()),
+            Some(c) if !c.pods.contains(&self.pod_key) => affected_types(c, ctx.cache.snapshot()),
             _ => TypeSet::ALL,
         };
         let mut out = Vec::new();
@@ -357,10 +398,6 @@ impl Connection {
             out.extend(self.reply(url, ctx, false, None));
         }
         out
-    }
-
-    fn pod_key(&self) -> meshpilot_model::ObjectKey {
-        meshpilot_model::ObjectKey::new(&self.proxy.namespace, &self.proxy.pod_name)
     }
 
     fn record_nack(&mut self, type_url: &str, nonce: &str, error: &str) -> Nack {

@@ -79,7 +79,8 @@ impl<M: prost::Message + Default, B> RequestStream<M, B> {
             // Let the allocation go with `frame` instead of keeping it for the next request.
             self.pending = BytesMut::new();
         }
-        M::decode(&frame[PREFIX..])
+        // Decoded from `Bytes` so that bytes fields (request names) share the buffer.
+        M::decode(frame.freeze().slice(PREFIX..))
             .map(Some)
             .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
     }

@@ -11,6 +11,7 @@ mod grpc;
 mod metrics;
 mod publish;
 mod registry;
+mod request;
 mod resources;
 mod response;
 mod server;
@@ -23,6 +24,7 @@ pub use publish::{DebounceConfig, Debouncer, Published, Publisher};
 pub use registry::{
     ConnectionInfo, ConnectionRegistry, ConnectionStatus, Registration, WatchStatus, config_dump,
 };
+pub use request::SotwRequest;
 pub use resources::{NameSet, Resource, ResourceCache, ResourceSet, Resources, SetDiff};
 pub use response::{DeltaResponse, SotwResponse};
 pub use server::AdsService;

@@ -92,7 +92,7 @@ const HISTORY: usize = 64;
 pub struct Published {
     pub version: u64,
     /// `<RFC 3339 time>/<version>`, as istiod formats push versions.
-    pub version_info: String,
+    pub version_info: Arc<str>,
     pub cache: Arc<ResourceCache>,
     /// When this state was published: the start of `pilot_proxy_convergence_time`.
     pub published_at: Instant,
@@ -105,21 +105,28 @@ impl Published {
     }
 
     /// Everything that changed after `version` up to this one, when the history still covers it.
-    pub fn changes_since(&self, version: u64) -> Option<ChangeSet> {
+    /// A connection one version behind (the usual case) shares the published change set.
+    pub fn changes_since(&self, version: u64) -> Option<Arc<ChangeSet>> {
         if version >= self.version {
-            return Some(ChangeSet::default());
+            return Some(Arc::default());
         }
         let oldest = self.history.front().map(|(v, _)| *v)?;
         if version + 1 < oldest {
             return None;
         }
-        let mut merged = ChangeSet::default();
-        for (v, changes) in &self.history {
-            if *v > version {
-                merged.merge((**changes).clone());
+        let mut newer = self.history.iter().filter(|(v, _)| *v > version);
+        match (newer.next(), newer.next()) {
+            (Some((_, only)), None) => Some(only.clone()),
+            _ => {
+                let mut merged = ChangeSet::default();
+                for (v, changes) in &self.history {
+                    if *v > version {
+                        merged.merge((**changes).clone());
+                    }
+                }
+                Some(Arc::new(merged))
             }
         }
-        Some(merged)
     }
 }
 
@@ -176,11 +183,12 @@ impl Publisher {
     }
 }
 
-fn version_info(version: u64) -> String {
+fn version_info(version: u64) -> Arc<str> {
     format!(
         "{}/{version}",
         humantime::format_rfc3339_seconds(SystemTime::now())
     )
+    .into()
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! (`/debug/syncz`, `/debug/adsz`, `/debug/config_dump`). Each stream task keeps its own entry
 //! up to date after every request and push; the entry goes when the stream ends.
 
-use crate::connection::{Flavor, Held, Watch};
+use crate::connection::{Connection, Flavor, Held, Watch};
 use crate::publish::Published;
 use crate::resources::NameSet;
 use crate::types::ResourceType;
@@ -52,16 +52,30 @@ pub struct WatchStatus {
 
 impl WatchStatus {
     pub fn of(watch: &Watch, sent_at: Option<SystemTime>) -> Self {
-        WatchStatus {
-            wildcard: watch.wildcard,
-            subscribed: watch.names.clone(),
-            held: watch.held.clone(),
-            sent_nonce: watch.last_sent_nonce.clone().unwrap_or_default(),
-            acked_nonce: watch.acked_nonce.clone().unwrap_or_default(),
-            sent_at,
-            last_error: watch.last_error.clone(),
-            nacks: watch.nacks,
+        let mut status = WatchStatus::default();
+        status.refresh(watch, sent_at);
+        status
+    }
+
+    /// Brings this status up to `watch`, reusing its strings' memory: this runs on every
+    /// request and push of every connection.
+    pub fn refresh(&mut self, watch: &Watch, sent_at: Option<SystemTime>) {
+        fn copy(target: &mut String, source: &Option<String>) {
+            target.clear();
+            target.push_str(source.as_deref().unwrap_or_default());
         }
+        self.wildcard = watch.wildcard;
+        if !Arc::ptr_eq(&self.subscribed, &watch.names) {
+            self.subscribed = watch.names.clone();
+        }
+        self.held.clone_from(&watch.held);
+        copy(&mut self.sent_nonce, &watch.last_sent_nonce);
+        copy(&mut self.acked_nonce, &watch.acked_nonce);
+        self.sent_at = sent_at;
+        if self.last_error != watch.last_error {
+            self.last_error.clone_from(&watch.last_error);
+        }
+        self.nacks = watch.nacks;
     }
 
     /// Explicitly subscribed names; for a wildcard watch, the names the proxy holds.
@@ -86,6 +100,40 @@ pub struct ConnectionStatus {
     pub pushed_from: Arc<Published>,
     /// When the connection last sent any response.
     pub last_push: Option<SystemTime>,
+}
+
+impl ConnectionStatus {
+    /// Brings the entry up to the connection's state after a request or push, copying only
+    /// what changed.
+    pub fn refresh(
+        &mut self,
+        connection: &Connection,
+        sent_at: &BTreeMap<String, SystemTime>,
+        pushed_from: &Arc<Published>,
+        last_push: Option<SystemTime>,
+    ) {
+        if self.proxy != *connection.proxy() {
+            self.proxy.clone_from(connection.proxy());
+        }
+        for (url, watch) in connection.watches() {
+            let sent_at = sent_at.get(url).copied();
+            match self.watches.get_mut(url) {
+                Some(status) => status.refresh(watch, sent_at),
+                None => {
+                    self.watches
+                        .insert(url.clone(), WatchStatus::of(watch, sent_at));
+                }
+            }
+        }
+        if self.watches.len() != connection.watches().len() {
+            self.watches
+                .retain(|url, _| connection.watches().contains_key(url));
+        }
+        if !Arc::ptr_eq(&self.pushed_from, pushed_from) {
+            self.pushed_from = pushed_from.clone();
+        }
+        self.last_push = last_push;
+    }
 }
 
 impl std::fmt::Debug for ConnectionStatus {
@@ -238,7 +286,7 @@ fn adsz_entry(c: &ConnectionStatus) -> Value {
         "labels": c.proxy.labels,
         "metadata": c.info.metadata,
         "locality": c.info.locality,
-        "version": c.pushed_from.version_info,
+        "version": &*c.pushed_from.version_info,
         "watches": watches,
     })
 }

@@ -125,15 +125,30 @@ impl NameSet {
     }
 
     pub fn contains(&self, name: &str) -> bool {
+        self.contains_bytes(name.as_bytes())
+    }
+
+    /// [`NameSet::contains`] for a name not (yet) checked to be UTF-8; `str` orders by bytes.
+    fn contains_bytes(&self, name: &[u8]) -> bool {
         self.names
-            .binary_search_by(|n| n.as_ref().cmp(name))
+            .binary_search_by(|n| n.as_bytes().cmp(name))
             .is_ok()
     }
 
-    /// Whether `names` (in any order, possibly repeated) is exactly this set; no allocation.
-    pub fn same_as<S: AsRef<str>>(&self, names: &[S]) -> bool {
-        names.iter().all(|n| self.contains(n.as_ref()))
-            && (names.len() == self.len() || NameSet::new(names.iter().map(AsRef::as_ref)) == *self)
+    /// Whether `names` (in any order, possibly repeated) is exactly this set; no allocation
+    /// unless the list repeats names.
+    pub fn same_as<S: AsRef<[u8]>>(&self, names: &[S]) -> bool {
+        if !names.iter().all(|n| self.contains_bytes(n.as_ref())) {
+            return false;
+        }
+        // Every name is in the set; equal counts mean no repeats, so the set is covered.
+        names.len() == self.len()
+            || names
+                .iter()
+                .map(AsRef::as_ref)
+                .collect::<std::collections::BTreeSet<&[u8]>>()
+                .len()
+                == self.len()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &str> {
@@ -269,7 +284,7 @@ struct RouteSetClass {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct EndpointClass {
     name: Arc<str>,
-    namespace: String,
+    namespace: Arc<str>,
 }
 
 /// The load assignments for one subscription.
@@ -485,19 +500,20 @@ impl ResourceCache {
             namespace: proxy.namespace.clone(),
         };
         shared_set(&self.endpoint_sets, class, || {
+            let namespace: Arc<str> = proxy.namespace.as_str().into();
             names
                 .names
                 .iter()
-                .map(|name| self.endpoint(proxy, name))
+                .map(|name| self.endpoint(proxy, name, &namespace))
                 .collect()
         })
     }
 
-    fn endpoint(&self, proxy: &Proxy, name: &Arc<str>) -> Arc<Resource> {
-        let inputs = self.endpoint_inputs(name, &proxy.namespace);
+    fn endpoint(&self, proxy: &Proxy, name: &Arc<str>, namespace: &Arc<str>) -> Arc<Resource> {
+        let inputs = self.endpoint_inputs(name, namespace);
         let class = EndpointClass {
             name: name.clone(),
-            namespace: proxy.namespace.clone(),
+            namespace: namespace.clone(),
         };
         if let Some(cached) = self.endpoints.get(&class)
             && cached.inputs == inputs

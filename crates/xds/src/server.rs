@@ -5,9 +5,10 @@ use crate::connection::{Connection, Flavor, Outgoing, PushContext};
 use crate::grpc::{RequestStream, ResponseBody};
 use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
-use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus, WatchStatus};
+use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus};
+use crate::request::SotwRequest;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use meshpilot_model::{Proxy, ProxyMetadata};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -80,7 +81,7 @@ impl AdsService {
 
 /// A request of either flavor.
 enum Incoming {
-    Sotw(DiscoveryRequest),
+    Sotw(SotwRequest),
     Delta(DeltaDiscoveryRequest),
 }
 
@@ -140,7 +141,7 @@ where
         let body = request.into_body();
         let inbound: InboundStream = match flavor {
             Flavor::Sotw => Box::pin(
-                RequestStream::<DiscoveryRequest, B>::new(body, MAX_REQUEST_BYTES)
+                RequestStream::<SotwRequest, B>::new(body, MAX_REQUEST_BYTES)
                     .map(|r| r.map(Incoming::Sotw)),
             ),
             Flavor::Delta => Box::pin(
@@ -300,7 +301,7 @@ async fn serve_stream(
                     let changes = next.changes_since(current.version);
                     current = next;
                     let started = Instant::now();
-                    let out = connection.on_push(&context(&current), changes.as_ref());
+                    let out = connection.on_push(&context(&current), changes.as_deref());
                     let computed = started.elapsed();
                     if !out.is_empty() || connection.owes_push() {
                         // Converged once nothing for this (or an earlier) publish is owed.
@@ -335,7 +336,12 @@ async fn serve_stream(
             }
             inner.metrics.count_push(&type_url, bytes);
             let now = SystemTime::now();
-            delivery.sent_at.insert(type_url, now);
+            match delivery.sent_at.get_mut(&type_url) {
+                Some(sent_at) => *sent_at = now,
+                None => {
+                    delivery.sent_at.insert(type_url, now);
+                }
+            }
             delivery.last_push = Some(now);
         }
         if !connection.owes_push()
@@ -344,17 +350,7 @@ async fn serve_stream(
             inner.metrics.observe_convergence(since.elapsed());
         }
         inner.registry.update(&connection.id, |status| {
-            status.proxy = connection.proxy().clone();
-            status.watches = connection
-                .watches()
-                .iter()
-                .map(|(url, w)| {
-                    let sent_at = delivery.sent_at.get(url).copied();
-                    (url.clone(), WatchStatus::of(w, sent_at))
-                })
-                .collect();
-            status.pushed_from = current.clone();
-            status.last_push = delivery.last_push;
+            status.refresh(&connection, &delivery.sent_at, &current, delivery.last_push);
         });
     }
 }
@@ -397,7 +393,7 @@ fn log_push(connection: &Connection, trigger: &str, outgoing: &[Outgoing], compu
 fn context(published: &Arc<Published>) -> PushContext {
     PushContext {
         cache: published.cache.clone(),
-        version_info: published.version_info.as_str().into(),
+        version_info: published.version_info.clone(),
     }
 }
 

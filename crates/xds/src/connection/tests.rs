@@ -4,7 +4,9 @@ use super::*;
 use crate::publish::Publisher;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use meshpilot_model::fixtures::{
     mk_destination_rule, mk_pod, mk_reviews_index, mk_slice, mk_virtual_service,
@@ -46,7 +48,7 @@ impl Mesh {
         let p = self.publisher.current();
         PushContext {
             cache: p.cache.clone(),
-            version_info: p.version_info.as_str().into(),
+            version_info: p.version_info.clone(),
         }
     }
 
@@ -292,6 +294,25 @@ fn subscription_changes_answer_only_added_names() {
             .is_empty()
     );
     assert_eq!(c.watches()[ENDPOINT].names.len(), 1);
+}
+
+#[test]
+fn repeated_and_reordered_name_lists_are_the_same_subscription() {
+    let mesh = Mesh::new();
+    let (mut c, nonces) = synced_sotw(&mesh);
+    let ctx = mesh.ctx();
+    let default = format!("outbound|9080||{REVIEWS}");
+    let subscribed = c.watches()[ENDPOINT].names.clone();
+    // The same names in another order, and repeated: nothing to answer, same interned set.
+    let reordered = sotw(ENDPOINT, &[V2, V1, V2], &nonces[ENDPOINT]);
+    assert!(c.on_sotw_request(reordered, &ctx).is_empty());
+    assert!(Arc::ptr_eq(&subscribed, &c.watches()[ENDPOINT].names));
+    // A list of the same length with one name replaced is a change.
+    let mut c2 = synced_sotw(&mesh).0;
+    let nonce = c2.watches()[ENDPOINT].last_sent_nonce.clone().unwrap();
+    let out = c2.on_sotw_request(sotw(ENDPOINT, &[V1, &default], &nonce), &ctx);
+    assert_eq!(names_of_assignments(&one(out)), [default]);
+    assert!(!c2.watches()[ENDPOINT].names.contains(V2));
 }
 
 #[test]
