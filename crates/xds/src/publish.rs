@@ -168,7 +168,10 @@ impl Publisher {
         let version = snapshot.version;
         let previous = self.current();
         let cache = previous.cache.next(Arc::new(snapshot), &changes);
-        cache.prune_endpoints();
+        // Only a service going away leaves assignments nobody can ask for.
+        if !changes.services.is_empty() {
+            cache.prune_endpoints();
+        }
         self.history.push_back((version, Arc::new(changes)));
         while self.history.len() > HISTORY {
             self.history.pop_front();

@@ -24,7 +24,7 @@ use envoy_types::pb::google::protobuf::Any;
 use meshpilot_model::{ChangeSet, DestinationRuleConfig, Endpoint, Proxy, Snapshot};
 use meshpilot_translate::{build_clusters, build_endpoints, build_listeners, build_routes};
 use prost::{Message, Name};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
@@ -226,6 +226,31 @@ impl SetDiff {
         SetDiff { changed, removed }
     }
 
+    /// The diff of two sets holding the same names in the same order (a set and its
+    /// successor for one subscription), found by walking them side by side without hashing;
+    /// `None` when they are not aligned so.
+    fn aligned(old: &ResourceSet, new: &ResourceSet) -> Option<Self> {
+        if old.len() != new.len() {
+            return None;
+        }
+        let mut changed = Vec::new();
+        for (before, after) in old.iter().zip(new.iter()) {
+            if Arc::ptr_eq(before, after) {
+                continue;
+            }
+            if before.name != after.name {
+                return None;
+            }
+            if before.version != after.version {
+                changed.push(after.clone());
+            }
+        }
+        Some(SetDiff {
+            changed,
+            removed: Vec::new(),
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.changed.is_empty() && self.removed.is_empty()
     }
@@ -320,6 +345,11 @@ struct CachedAssignment {
     resource: Arc<Resource>,
 }
 
+struct EndpointSetsBefore {
+    sets: Arc<DashMap<EndpointSetClass, Resources>>,
+    hosts: BTreeSet<meshpilot_model::Hostname>,
+}
+
 /// A memoized diff, holding both sets so their addresses (the key) stay theirs.
 struct CachedDiff {
     _old: Resources,
@@ -337,7 +367,10 @@ pub struct ResourceCache {
     route_sets: Arc<DashMap<RouteSetClass, Resources>>,
     endpoints: Arc<DashMap<EndpointClass, CachedAssignment>>,
     /// Per snapshot: assignments are revalidated, so their sets are too.
-    endpoint_sets: DashMap<EndpointSetClass, Resources>,
+    endpoint_sets: Arc<DashMap<EndpointSetClass, Resources>>,
+    /// The previous snapshot's sets, when only workload endpoints changed since: a set is then
+    /// rebuilt from its predecessor, redoing only the clusters of the services in `hosts`.
+    endpoint_sets_before: Option<EndpointSetsBefore>,
     diffs: DashMap<(usize, usize), CachedDiff>,
     names: Arc<NameSetInterner>,
     any_headless: bool,
@@ -386,7 +419,8 @@ impl ResourceCache {
             routes: Arc::default(),
             route_sets: Arc::default(),
             endpoints: Arc::default(),
-            endpoint_sets: DashMap::default(),
+            endpoint_sets: Arc::default(),
+            endpoint_sets_before: None,
             diffs: DashMap::default(),
             names: Arc::default(),
         }
@@ -409,6 +443,12 @@ impl ResourceCache {
         }
         next.endpoints = self.endpoints.clone();
         next.names = self.names.clone();
+        if changes.is_workloads_only() {
+            next.endpoint_sets_before = Some(EndpointSetsBefore {
+                sets: self.endpoint_sets.clone(),
+                hosts: changes.endpoints.clone(),
+            });
+        }
         next
     }
 
@@ -499,13 +539,34 @@ impl ResourceCache {
             names: names.clone(),
             namespace: proxy.namespace.clone(),
         };
+        let before = self
+            .endpoint_sets_before
+            .as_ref()
+            .and_then(|b| Some((b.sets.get(&class)?.clone(), &b.hosts)));
         shared_set(&self.endpoint_sets, class, || {
             let namespace: Arc<str> = proxy.namespace.as_str().into();
-            names
-                .names
-                .iter()
-                .map(|name| self.endpoint(proxy, name, &namespace))
-                .collect()
+            match before {
+                // Same names, same order: keep every assignment whose service kept its
+                // endpoints.
+                Some((set, hosts)) => set
+                    .iter()
+                    .map(|old| {
+                        let host = meshpilot_translate::names::parse_cluster_name(&old.name)
+                            .map(|p| p.host)
+                            .unwrap_or_default();
+                        if hosts.contains(host) {
+                            self.endpoint(proxy, &old.name, &namespace)
+                        } else {
+                            old.clone()
+                        }
+                    })
+                    .collect(),
+                None => names
+                    .names
+                    .iter()
+                    .map(|name| self.endpoint(proxy, name, &namespace))
+                    .collect(),
+            }
         })
     }
 
@@ -558,11 +619,13 @@ impl ResourceCache {
         if let Some(hit) = self.diffs.get(&key) {
             return hit.diff.clone();
         }
-        let diff = Arc::new(SetDiff::between(
-            |name| old.get(name).map(|r| &*r.version),
-            old.iter().map(|r| &*r.name),
-            new,
-        ));
+        let diff = Arc::new(SetDiff::aligned(old, new).unwrap_or_else(|| {
+            SetDiff::between(
+                |name| old.get(name).map(|r| &*r.version),
+                old.iter().map(|r| &*r.name),
+                new,
+            )
+        }));
         self.diffs.insert(
             key,
             CachedDiff {
@@ -647,6 +710,44 @@ mod tests {
         assert!(!a.same_as(&["a"]) && !a.same_as(&["a", "c"]));
         let c = cache.intern(NameSet::new(["c"]));
         assert!(!Arc::ptr_eq(&a, &c));
+    }
+
+    #[test]
+    fn an_endpoint_change_rebuilds_only_that_services_assignments() {
+        use meshpilot_model::Object;
+        use meshpilot_model::fixtures::mk_slice;
+        let mut index = mk_mesh(3, 2, 0, 3);
+        let before = ResourceCache::new(Arc::new(index.snapshot()));
+        let client = proxy("10.128.0.1", "client-0", "ns-0", "client");
+        let names = before.intern(NameSet::new((0..3).flat_map(|i| {
+            let host = format!("svc-{i}.ns-{i}.svc.cluster.local");
+            ["", "v1", "v2"].map(|subset| format!("outbound|8080|{subset}|{host}"))
+        })));
+        let old = before.endpoints(&client, &names);
+        let changes = index.apply(Object::EndpointSlice(mk_slice(
+            "ns-1",
+            "svc-1",
+            &[("http", 8080)],
+            &[("svc-1-v1-0", "10.130.0.3")],
+        )));
+        assert!(changes.is_workloads_only());
+        let after = before.next(Arc::new(index.snapshot()), &changes);
+        let new = after.endpoints(&client, &names);
+        for (o, n) in old.iter().zip(new.iter()) {
+            let touched = n.name.ends_with("|svc-1.ns-1.svc.cluster.local");
+            assert_eq!(!touched, Arc::ptr_eq(o, n), "{}", n.name);
+        }
+        // svc-1 lost its v2 endpoint: the default and v2 assignments changed, v1 did not.
+        let diff = after.diff(&old, &new);
+        let changed: Vec<&str> = diff.changed.iter().map(|r| &*r.name).collect();
+        assert_eq!(
+            changed,
+            [
+                "outbound|8080|v2|svc-1.ns-1.svc.cluster.local",
+                "outbound|8080||svc-1.ns-1.svc.cluster.local"
+            ]
+        );
+        assert!(diff.removed.is_empty());
     }
 
     #[test]
