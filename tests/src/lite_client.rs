@@ -209,6 +209,8 @@ pub struct NameList {
     id: u64,
     keys: Vec<u64>,
     names: Vec<Bytes>,
+    /// `names` as a request's `resource_names` field, encoded once for every request.
+    wire: Bytes,
 }
 
 fn name_list(mut keys: Vec<u64>) -> Arc<NameList> {
@@ -228,11 +230,17 @@ fn name_list(mut keys: Vec<u64>) -> Arc<NameList> {
     lists
         .entry(id)
         .or_insert_with(|| {
-            let names = keys
+            let names: Vec<Bytes> = keys
                 .iter()
                 .map(|k| registered(*k).expect("subscribed names are registered"))
                 .collect();
-            Arc::new(NameList { id, keys, names })
+            let wire = proto::encode_resource_names(&names);
+            Arc::new(NameList {
+                id,
+                keys,
+                names,
+                wire,
+            })
         })
         .clone()
 }
@@ -344,9 +352,14 @@ impl SidecarState {
         }
     }
 
-    /// The names to put in a SotW request of `kind` (none for the wildcard types).
-    fn request_names(&self, kind: Kind) -> Vec<Bytes> {
+    /// The names subscribed for `kind` (none for the wildcard types).
+    fn subscribed_names(&self, kind: Kind) -> Vec<Bytes> {
         self.list(kind).map(|l| l.names.clone()).unwrap_or_default()
+    }
+
+    /// The encoded names to put in a SotW request of `kind` (none for the wildcard types).
+    fn request_names(&self, kind: Kind) -> Bytes {
+        self.list(kind).map(|l| l.wire.clone()).unwrap_or_default()
     }
 
     fn subscribed(&self, kind: Kind) -> bool {
@@ -728,15 +741,16 @@ async fn run_sotw(
     answered: &mut bool,
 ) -> Result<()> {
     let mut channel = grpc::connect(&config.addr, STREAM_WINDOW, CONNECTION_WINDOW).await?;
-    let (tx, rx) = mpsc::unbounded_channel::<LiteDiscoveryRequest>();
-    let request =
-        |kind: Kind, names: Vec<Bytes>, version: &str, nonce: &str| LiteDiscoveryRequest {
+    let (tx, rx) = mpsc::unbounded_channel::<SotwRequestOut>();
+    let request = |kind: Kind, names: Bytes, version: &str, nonce: &str| SotwRequestOut {
+        request: LiteDiscoveryRequest {
             type_url: kind.type_url().into(),
-            resource_names: names,
             version_info: version.into(),
             response_nonce: nonce.into(),
             ..Default::default()
-        };
+        },
+        names,
+    };
     {
         // A new stream repeats every subscription with the last accepted version.
         let mut s = state.lock().expect("sidecar state");
@@ -747,7 +761,7 @@ async fn run_sotw(
         for kind in [Kind::Cluster, Kind::Listener, Kind::Endpoint, Kind::Route] {
             if kind.wildcard() || s.subscribed(kind) {
                 let mut r = request(kind, s.request_names(kind), &s.of(kind).version, "");
-                r.node = node.take();
+                r.request.node = node.take();
                 tx.send(r)?;
             }
         }
@@ -797,7 +811,7 @@ async fn run_sotw(
                         &s.of(kind).version,
                         &response.nonce,
                     );
-                    nack.error_detail = nack_status(&detail);
+                    nack.request.error_detail = nack_status(&detail);
                     tx.send(nack)?;
                     nack_event(config, kind, detail);
                     continue;
@@ -877,7 +891,7 @@ async fn run_delta(
             if !(kind.wildcard() || s.subscribed(kind)) {
                 continue;
             }
-            let mut r = subscribe(kind, &s.request_names(kind), &[]);
+            let mut r = subscribe(kind, &s.subscribed_names(kind), &[]);
             r.initial_resource_versions = s
                 .of(kind)
                 .versions

@@ -132,13 +132,24 @@ pub struct GrpcStream {
 }
 
 /// Opens `path` on `channel`, sending every request queued on `requests`.
-pub async fn open<Req: prost::Message + 'static>(
+/// A request as the gRPC frame that carries it.
+pub trait Outbound: Send + 'static {
+    fn frame(&self) -> Bytes;
+}
+
+impl<M: prost::Message + 'static> Outbound for M {
+    fn frame(&self) -> Bytes {
+        frame_with(self, &[])
+    }
+}
+
+pub async fn open<Req: Outbound>(
     channel: &mut Channel,
     path: &'static str,
     requests: mpsc::UnboundedReceiver<Req>,
 ) -> Result<GrpcStream> {
     let frames = UnboundedReceiverStream::new(requests)
-        .map(|r| Ok::<_, std::convert::Infallible>(http_body::Frame::data(frame(&r))));
+        .map(|r| Ok::<_, std::convert::Infallible>(http_body::Frame::data(r.frame())));
     let request = http::Request::builder()
         .method(http::Method::POST)
         .uri(path)
@@ -162,15 +173,23 @@ pub async fn open<Req: prost::Message + 'static>(
     })
 }
 
-fn frame(message: &impl prost::Message) -> Bytes {
-    let len = message.encoded_len();
+/// Frames `message` followed by `encoded_fields`, fields already in wire form: protobuf
+/// fields may come in any order, and repeats of a repeated field append.
+pub fn frame_with(message: &impl prost::Message, encoded_fields: &[u8]) -> Bytes {
+    let len = message.encoded_len() + encoded_fields.len();
     let mut buf = BytesMut::with_capacity(HEADER + len);
     buf.put_u8(0);
     buf.put_u32(len as u32);
     message
         .encode(&mut buf)
         .expect("the buffer has room for the message");
+    buf.put_slice(encoded_fields);
     buf.freeze()
+}
+
+#[cfg(test)]
+fn frame(message: &impl prost::Message) -> Bytes {
+    frame_with(message, &[])
 }
 
 fn check_status(headers: &http::HeaderMap) -> Result<()> {
@@ -302,6 +321,35 @@ mod tests {
         let second = stream.take_message().unwrap().unwrap();
         assert_eq!(LiteNamed::decode(second).unwrap().name, "second");
         assert_eq!(stream.buf.remaining(), 0);
+    }
+
+    #[test]
+    fn a_request_with_pre_encoded_names_is_an_ordinary_discovery_request() {
+        use crate::lite_client::proto::{
+            LiteDiscoveryRequest, SotwRequestOut, encode_resource_names,
+        };
+        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+        let names = [
+            Bytes::from_static(b"a"),
+            Bytes::from_static(b"outbound|80||b"),
+        ];
+        let out = SotwRequestOut {
+            request: LiteDiscoveryRequest {
+                type_url: "t".into(),
+                response_nonce: "n".into(),
+                ..Default::default()
+            },
+            names: encode_resource_names(&names),
+        };
+        let frame = out.frame();
+        assert_eq!(frame[0], 0);
+        assert_eq!(
+            u32::from_be_bytes(frame[1..HEADER].try_into().unwrap()) as usize,
+            frame.len() - HEADER
+        );
+        let decoded = DiscoveryRequest::decode(&frame[HEADER..]).unwrap();
+        assert_eq!(decoded.resource_names, ["a", "outbound|80||b"]);
+        assert_eq!((&*decoded.type_url, &*decoded.response_nonce), ("t", "n"));
     }
 
     #[test]

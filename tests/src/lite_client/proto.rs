@@ -32,6 +32,26 @@ pub struct LiteDiscoveryRequest {
     pub error_detail: Option<Status>,
 }
 
+/// Field 3 of a `DiscoveryRequest` (`resource_names`) in wire form, to send behind a request
+/// whose own `resource_names` is empty.
+pub fn encode_resource_names(names: &[Bytes]) -> Bytes {
+    let mut wire = Vec::new();
+    prost::encoding::bytes::encode_repeated(3, names, &mut wire);
+    wire.into()
+}
+
+/// A SotW request and its names, already encoded (a shared list's encoding is made once).
+pub struct SotwRequestOut {
+    pub request: LiteDiscoveryRequest,
+    pub names: Bytes,
+}
+
+impl super::grpc::Outbound for SotwRequestOut {
+    fn frame(&self) -> Bytes {
+        super::grpc::frame_with(&self.request, &self.names)
+    }
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LiteDiscoveryResponse {
     #[prost(string, tag = "1")]
