@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 #[derive(Args, Debug)]
@@ -200,14 +202,18 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let plaintext_listener = listen(args.grpc_addr)
+        .with_context(|| format!("listening for gRPC on {}", args.grpc_addr))?;
+    let secure_listener = listen(args.secure_grpc_addr)
+        .with_context(|| format!("listening for TLS gRPC on {}", args.secure_grpc_addr))?;
     let plaintext = builder()
         .add_service(service.clone().into_server())
-        .serve_with_shutdown(args.grpc_addr, stopped(shutdown.clone()));
+        .serve_with_incoming_shutdown(plaintext_listener, stopped(shutdown.clone()));
     let secure = builder()
         .tls_config(tls_config)
         .context("TLS configuration")?
         .add_service(service.into_server())
-        .serve_with_shutdown(args.secure_grpc_addr, stopped(shutdown.clone()));
+        .serve_with_incoming_shutdown(secure_listener, stopped(shutdown.clone()));
     let monitor = monitoring::serve(
         args.monitoring_addr,
         monitoring::State {
@@ -235,6 +241,29 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
     b.with_context(|| format!("TLS gRPC on {}", args.secure_grpc_addr))?;
     c.with_context(|| format!("monitoring on {}", args.monitoring_addr))?;
     Ok(())
+}
+
+/// Binds an xDS port with the accept backlog Go's listeners get (`net.core.somaxconn`), as
+/// istiod's do. tokio's default of 1,024 overflowed when 2,000 sidecars connected at once (a
+/// control-plane restart): the kernel dropped the excess handshakes and reset those
+/// connections, and every one of them had to back off and reconnect.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpIncoming> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(accept_backlog())?;
+    Ok(TcpIncoming::from(listener).with_nodelay(Some(true)))
+}
+
+/// The system's cap on accept backlogs; the kernel clamps larger requests to it anyway.
+fn accept_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(4096)
 }
 
 fn log_rejections(snapshot: &meshpilot_model::Snapshot) {
@@ -380,4 +409,28 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "meshpilot".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn xds_listeners_queue_as_many_handshakes_as_the_system_allows() {
+        let incoming = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = incoming.local_addr().unwrap().port();
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("this test reads the backlog with `ss` from iproute2; install it");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // A listening socket's Send-Q column is its accept backlog.
+        let backlog: u32 = text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|q| q.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected `ss` output: {text:?}"));
+        assert_eq!(backlog, accept_backlog());
+        assert!(backlog >= 1024, "somaxconn is {backlog}");
+    }
 }
