@@ -144,11 +144,13 @@ impl Watch {
             return false;
         }
         self.request_fingerprint = Some(fingerprint);
-        if self.names.same_as(&request.resource_names) {
-            return false;
-        }
-        self.names = ctx.cache.intern(NameSet::new(request.names()));
-        true
+        let names = ctx
+            .cache
+            .intern_list(fingerprint, || NameSet::new(request.names()));
+        // Interned: the same names are the same set.
+        let changed = !Arc::ptr_eq(&names, &self.names) && *names != *self.names;
+        self.names = names;
+        changed
     }
 }
 

@@ -174,11 +174,29 @@ struct NameSetInterner {
 #[derive(Debug, Default)]
 struct InternTable {
     sets: HashMap<u64, Vec<Weak<NameSet>>>,
+    /// Request name lists seen (by fingerprint, order included) and the set each spelled.
+    lists: HashMap<u128, Weak<NameSet>>,
     entries: usize,
     sweep_at: usize,
 }
 
 impl NameSetInterner {
+    /// The shared set a request's name list (identified by `fingerprint`) spells: sidecars of
+    /// one mesh send the same list, so only the first of them pays for building the set.
+    fn intern_list(&self, fingerprint: u128, build: impl FnOnce() -> NameSet) -> Arc<NameSet> {
+        let known = {
+            let table = self.table.lock().expect("interner lock");
+            table.lists.get(&fingerprint).and_then(Weak::upgrade)
+        };
+        if let Some(set) = known {
+            return set;
+        }
+        let set = self.intern(build());
+        let mut table = self.table.lock().expect("interner lock");
+        table.lists.insert(fingerprint, Arc::downgrade(&set));
+        set
+    }
+
     fn intern(&self, set: NameSet) -> Arc<NameSet> {
         let mut table = self.table.lock().expect("interner lock");
         let bucket = table.sets.entry(set.hash).or_default();
@@ -193,6 +211,7 @@ impl NameSetInterner {
                 bucket.retain(|w| w.strong_count() > 0);
                 !bucket.is_empty()
             });
+            table.lists.retain(|_, set| set.strong_count() > 0);
             table.entries = table.sets.values().map(Vec::len).sum();
             table.sweep_at = (table.entries * 2).max(64);
         }
@@ -461,6 +480,12 @@ impl ResourceCache {
         self.names.intern(names)
     }
 
+    /// The shared set for a request's name list, known by its `fingerprint` (a hash of the
+    /// list in its order); `build` runs only for a list not seen before.
+    pub fn intern_list(&self, fingerprint: u128, build: impl FnOnce() -> NameSet) -> Arc<NameSet> {
+        self.names.intern_list(fingerprint, build)
+    }
+
     /// Every cluster of the proxy, CDS order.
     pub fn clusters(&self, proxy: &Proxy) -> Resources {
         let class = ClusterClass {
@@ -710,6 +735,16 @@ mod tests {
         assert!(!a.same_as(&["a"]) && !a.same_as(&["a", "c"]));
         let c = cache.intern(NameSet::new(["c"]));
         assert!(!Arc::ptr_eq(&a, &c));
+        // A request list seen before is not built again; another spelling of the same names
+        // still finds the same set.
+        let listed = cache.intern_list(7, || NameSet::new(["a", "b"]));
+        assert!(Arc::ptr_eq(&listed, &a));
+        let again = cache.intern_list(7, || unreachable!("list 7 is known"));
+        assert!(Arc::ptr_eq(&again, &a));
+        assert!(Arc::ptr_eq(
+            &cache.intern_list(8, || NameSet::new(["b", "a"])),
+            &a
+        ));
     }
 
     #[test]
