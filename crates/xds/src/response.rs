@@ -123,9 +123,20 @@ trait Pieces {
     fn head_len(&self) -> usize;
     fn write_head(&self, buf: &mut impl BufMut);
     fn resource_len(&self, i: usize) -> usize;
-    fn write_resource(&self, i: usize, buf: &mut impl BufMut);
+    /// The encoded resource itself, shared with every response that carries it.
+    fn resource_body(&self, i: usize) -> &Bytes;
+    /// Everything of resource entry `i` before its body.
+    fn write_resource_prefix(&self, i: usize, buf: &mut impl BufMut);
+    /// Everything of resource entry `i` after its body.
+    fn write_resource_suffix(&self, i: usize, buf: &mut impl BufMut);
     fn tail_len(&self) -> usize;
     fn write_tail(&self, buf: &mut impl BufMut);
+
+    fn write_resource(&self, i: usize, buf: &mut impl BufMut) {
+        self.write_resource_prefix(i, buf);
+        buf.put_slice(self.resource_body(i));
+        self.write_resource_suffix(i, buf);
+    }
 
     fn message_len(&self) -> usize {
         self.head_len()
@@ -161,9 +172,16 @@ impl Pieces for SotwResponse {
         delimited_len(tag::SOTW_RESOURCES, self.resources[i].any.len())
     }
 
-    fn write_resource(&self, i: usize, buf: &mut impl BufMut) {
-        put_delimited(tag::SOTW_RESOURCES, &self.resources[i].any, buf);
+    fn resource_body(&self, i: usize) -> &Bytes {
+        &self.resources[i].any
     }
+
+    fn write_resource_prefix(&self, i: usize, buf: &mut impl BufMut) {
+        encode_key(tag::SOTW_RESOURCES, WireType::LengthDelimited, buf);
+        encode_varint(self.resources[i].any.len() as u64, buf);
+    }
+
+    fn write_resource_suffix(&self, _i: usize, _buf: &mut impl BufMut) {}
 
     fn tail_len(&self) -> usize {
         string_len(tag::SOTW_TYPE_URL, &self.type_url)
@@ -199,13 +217,21 @@ impl Pieces for DeltaResponse {
         delimited_len(tag::DELTA_RESOURCES, entry_len(&self.resources[i]))
     }
 
-    fn write_resource(&self, i: usize, buf: &mut impl BufMut) {
+    fn resource_body(&self, i: usize) -> &Bytes {
+        &self.resources[i].any
+    }
+
+    fn write_resource_prefix(&self, i: usize, buf: &mut impl BufMut) {
         let r = &self.resources[i];
         encode_key(tag::DELTA_RESOURCES, WireType::LengthDelimited, buf);
         encode_varint(entry_len(r) as u64, buf);
         put_string(tag::ENTRY_VERSION, &r.version, buf);
-        put_delimited(tag::ENTRY_RESOURCE, &r.any, buf);
-        put_string(tag::ENTRY_NAME, &r.name, buf);
+        encode_key(tag::ENTRY_RESOURCE, WireType::LengthDelimited, buf);
+        encode_varint(r.any.len() as u64, buf);
+    }
+
+    fn write_resource_suffix(&self, i: usize, buf: &mut impl BufMut) {
+        put_string(tag::ENTRY_NAME, &self.resources[i].name, buf);
     }
 
     fn tail_len(&self) -> usize {
@@ -282,14 +308,20 @@ impl Message for DeltaResponse {
 #[derive(Clone, Copy, Debug)]
 enum Cursor {
     Start,
-    Resource(usize),
-    Tail,
+    /// Before resource entry `i` (after the last one: the tail).
+    Entry(usize),
+    /// Within resource `i`'s body, this many bytes in.
+    Body(usize, usize),
+    /// After resource `i`'s body.
+    Suffix(usize),
     Done,
 }
 
 /// One response framed for gRPC (the 5-byte length prefix, then the message), produced in
-/// chunks of about [`GrpcChunks::TARGET`] bytes as the transport asks for them: a proxy that
-/// reads slowly holds one chunk of server memory, never a whole encoded config.
+/// chunks of at most about [`GrpcChunks::TARGET`] bytes as the transport asks for them: a proxy
+/// that reads slowly holds one chunk of server memory, never a whole encoded config. Large
+/// resource bodies go out as slices of the shared encoding (no copy per proxy); the framing
+/// around them and small resources are gathered into buffers.
 #[derive(Debug)]
 pub struct GrpcChunks {
     response: Outgoing,
@@ -298,6 +330,8 @@ pub struct GrpcChunks {
 
 impl GrpcChunks {
     pub const TARGET: usize = 64 * 1024;
+    /// Bodies at least this large are sent as slices of the shared bytes rather than copied.
+    const SHARE_FROM: usize = 16 * 1024;
 
     pub fn new(response: Outgoing) -> Self {
         GrpcChunks {
@@ -306,7 +340,9 @@ impl GrpcChunks {
         }
     }
 
-    fn fill<P: Pieces>(piece: &P, cursor: &mut Cursor, buf: &mut BytesMut) {
+    /// Advances through the message, gathering into `buf` until it holds about a chunk; returns
+    /// a shared slice instead when the next bytes are part of a large body and `buf` is empty.
+    fn fill<P: Pieces>(piece: &P, cursor: &mut Cursor, buf: &mut BytesMut) -> Option<Bytes> {
         while buf.len() < Self::TARGET {
             *cursor = match *cursor {
                 Cursor::Start => {
@@ -315,25 +351,48 @@ impl GrpcChunks {
                     buf.put_u8(0); // not compressed
                     buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
                     piece.write_head(buf);
-                    Cursor::Resource(0)
+                    Cursor::Entry(0)
                 }
-                Cursor::Resource(i) if i < piece.resource_count() => {
-                    buf.reserve(piece.resource_len(i));
-                    piece.write_resource(i, buf);
-                    Cursor::Resource(i + 1)
+                Cursor::Entry(i) if i < piece.resource_count() => {
+                    piece.write_resource_prefix(i, buf);
+                    Cursor::Body(i, 0)
                 }
-                Cursor::Resource(_) => {
+                Cursor::Entry(_) => {
                     buf.reserve(piece.tail_len());
                     piece.write_tail(buf);
-                    Cursor::Tail
+                    Cursor::Done
                 }
-                Cursor::Tail | Cursor::Done => Cursor::Done,
+                Cursor::Body(i, offset) => {
+                    let body = piece.resource_body(i);
+                    let rest = body.len() - offset;
+                    if body.len() >= Self::SHARE_FROM {
+                        if !buf.is_empty() {
+                            return None; // send what is gathered; the body follows alone
+                        }
+                        let take = rest.min(Self::TARGET);
+                        *cursor = if take == rest {
+                            Cursor::Suffix(i)
+                        } else {
+                            Cursor::Body(i, offset + take)
+                        };
+                        return Some(body.slice(offset..offset + take));
+                    }
+                    let take = rest.min(Self::TARGET - buf.len());
+                    buf.put_slice(&body[offset..offset + take]);
+                    if take == rest {
+                        Cursor::Suffix(i)
+                    } else {
+                        Cursor::Body(i, offset + take)
+                    }
+                }
+                Cursor::Suffix(i) => {
+                    piece.write_resource_suffix(i, buf);
+                    Cursor::Entry(i + 1)
+                }
+                Cursor::Done => return None,
             };
-            if matches!(cursor, Cursor::Tail | Cursor::Done) {
-                *cursor = Cursor::Done;
-                return;
-            }
         }
+        None
     }
 }
 
@@ -345,11 +404,15 @@ impl Iterator for GrpcChunks {
             return None;
         }
         let mut buf = BytesMut::with_capacity(Self::TARGET);
-        match &self.response {
+        let shared = match &self.response {
             Outgoing::Sotw(r) => Self::fill(r, &mut self.cursor, &mut buf),
             Outgoing::Delta(r) => Self::fill(r, &mut self.cursor, &mut buf),
+        };
+        match shared {
+            Some(slice) => Some(slice),
+            None if buf.is_empty() => None,
+            None => Some(buf.freeze()),
         }
-        Some(buf.freeze())
     }
 }
 
@@ -454,6 +517,52 @@ mod tests {
     }
 
     #[test]
+    fn a_large_resource_is_sent_in_bounded_slices_of_its_shared_bytes() {
+        // A 10,000-VirtualService route configuration is megabytes: no chunk may hold it
+        // whole, and its bytes are not copied per proxy.
+        let big = Resource::encode(
+            "80",
+            &Cluster {
+                name: "x".repeat(300_000),
+                ..Default::default()
+            },
+        );
+        let mut resources = resources();
+        resources.insert(1, big.clone());
+        let shared = big.any.as_ptr() as usize..big.any.as_ptr() as usize + big.any.len();
+        let sotw = Outgoing::Sotw(SotwResponse {
+            version_info: "v/1".into(),
+            resources: resources.clone(),
+            type_url: "t".into(),
+            nonce: "n".into(),
+            control_plane: "meshpilot".into(),
+        });
+        let delta = Outgoing::Delta(DeltaResponse {
+            system_version_info: "v/1".into(),
+            resources,
+            type_url: "t".into(),
+            removed_resources: vec!["gone".into()],
+            nonce: "n".into(),
+            control_plane: "meshpilot".into(),
+        });
+        for response in [sotw, delta] {
+            let message = match &response {
+                Outgoing::Sotw(r) => r.encode_to_vec(),
+                Outgoing::Delta(r) => r.encode_to_vec(),
+            };
+            let chunks: Vec<Bytes> = GrpcChunks::new(response).collect();
+            assert!(chunks.iter().all(|c| c.len() <= GrpcChunks::TARGET + 1024));
+            let slices = chunks
+                .iter()
+                .filter(|c| shared.contains(&(c.as_ptr() as usize)))
+                .count();
+            assert_eq!(slices, big.any.len().div_ceil(GrpcChunks::TARGET));
+            let framed = chunks.concat();
+            assert_eq!(&framed[5..], message.as_slice());
+        }
+    }
+
+    #[test]
     fn chunks_concatenate_to_one_grpc_frame_of_the_message() {
         // Enough resources for several chunks.
         let resources: Vec<Arc<Resource>> = (0..2000)
@@ -478,7 +587,7 @@ mod tests {
         let message = response.encode_to_vec();
         let chunks: Vec<Bytes> = GrpcChunks::new(Outgoing::Sotw(response)).collect();
         assert!(chunks.len() > 2, "{} chunks", chunks.len());
-        assert!(chunks.iter().all(|c| c.len() < 2 * GrpcChunks::TARGET));
+        assert!(chunks.iter().all(|c| c.len() <= GrpcChunks::TARGET + 1024));
         let framed: Vec<u8> = chunks.concat();
         assert_eq!(framed[0], 0);
         assert_eq!(
