@@ -19,7 +19,6 @@ use crate::request::SotwRequest;
 use crate::resources::{NameSet, Resource, ResourceCache, ResourceSet, Resources, SetDiff};
 use crate::response::{DeltaResponse, SotwResponse};
 use crate::types::{ResourceType, TypeSet, affected_types};
-use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use meshpilot_model::{ChangeSet, ObjectKey, Proxy};
 use std::collections::{BTreeMap, HashMap};
@@ -139,7 +138,7 @@ pub struct Watch {
 impl Watch {
     /// Takes a SotW request's names as the subscription; says whether they differ from it.
     fn update_names(&mut self, request: &SotwRequest, ctx: &PushContext) -> bool {
-        let fingerprint = fingerprint(&request.resource_names);
+        let fingerprint = request.names_fingerprint();
         if self.request_fingerprint == Some(fingerprint) {
             return false;
         }
@@ -152,18 +151,6 @@ impl Watch {
         self.names = names;
         changed
     }
-}
-
-/// A 128-bit hash of a name list in its order. Each name is length-prefixed, so no two lists
-/// share an encoding; the list is laid out once and hashed in one pass, which is several
-/// times faster than feeding a streaming hasher two small pieces per name.
-fn fingerprint(names: &[Bytes]) -> u128 {
-    let mut encoded = Vec::with_capacity(names.iter().map(|n| n.len() + 4).sum());
-    for name in names {
-        encoded.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        encoded.extend_from_slice(name);
-    }
-    xxhash_rust::xxh3::xxh3_128(&encoded)
 }
 
 /// What [`Connection`] reports about a NACK, for logs and counters at the edge.

@@ -2,72 +2,203 @@
 //!
 //! An EDS request repeats every subscribed cluster name (over a thousand in a large mesh) on
 //! each ACK. Envoy's generated `DiscoveryRequest` decodes each into its own `String`; here the
-//! names stay slices of the received buffer, so an ACK costs no allocation per name.
+//! names are gathered, still in wire form, into one buffer: an ACK costs one growing buffer
+//! instead of an allocation (or a reference count) per name, and the buffer is exactly what the
+//! subscription fingerprint hashes.
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
+use prost::encoding::{
+    DecodeContext, WireType, check_wire_type, decode_varint, encode_key, encode_varint, key_len,
+    message, skip_field, string,
+};
+use prost::{DecodeError, Message};
 
-/// `envoy.service.discovery.v3.DiscoveryRequest` with its resource names left as bytes
-/// (wire-compatible: a protobuf string is length-delimited bytes). `resource_locators` is
-/// skipped as an unknown field: this server does not serve xDS-TP locators.
-#[derive(Clone, PartialEq, prost::Message)]
+const VERSION_INFO: u32 = 1;
+const NODE: u32 = 2;
+const RESOURCE_NAMES: u32 = 3;
+const TYPE_URL: u32 = 4;
+const RESPONSE_NONCE: u32 = 5;
+const ERROR_DETAIL: u32 = 6;
+
+/// `envoy.service.discovery.v3.DiscoveryRequest` as this server reads it. `resource_locators`
+/// (field 7) is skipped: this server does not serve xDS-TP locators.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SotwRequest {
-    #[prost(string, tag = "1")]
     pub version_info: String,
-    #[prost(message, optional, tag = "2")]
     pub node: Option<Node>,
-    #[prost(bytes = "bytes", repeated, tag = "3")]
-    pub resource_names: Vec<Bytes>,
-    #[prost(string, tag = "4")]
     pub type_url: String,
-    #[prost(string, tag = "5")]
     pub response_nonce: String,
-    #[prost(message, optional, tag = "6")]
     pub error_detail: Option<Status>,
+    /// Every `resource_names` entry as on the wire (key, length, bytes), back to back.
+    names_wire: BytesMut,
 }
 
 impl SotwRequest {
-    /// The names as text; bytes that are not UTF-8 (Envoy never sends them) are replaced.
+    /// The names as sent; bytes that are not UTF-8 (Envoy never sends them) are replaced.
     pub fn names(&self) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
-        self.resource_names
-            .iter()
-            .map(|name| String::from_utf8_lossy(name))
+        let mut rest: &[u8] = &self.names_wire;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            // Entries were written by `merge_field` or `push_name`: key, length, bytes.
+            rest.advance(key_len(RESOURCE_NAMES));
+            let len = decode_varint(&mut rest).expect("names_wire holds whole entries") as usize;
+            let (name, tail) = rest.split_at(len);
+            rest = tail;
+            Some(String::from_utf8_lossy(name))
+        })
     }
+
+    /// A 128-bit hash of the name list in its order; equal lists have equal fingerprints.
+    pub fn names_fingerprint(&self) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(&self.names_wire)
+    }
+
+    pub fn push_name(&mut self, name: &str) {
+        string::encode(RESOURCE_NAMES, &name.to_string(), &mut self.names_wire);
+    }
+}
+
+impl Message for SotwRequest {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        if !self.version_info.is_empty() {
+            string::encode(VERSION_INFO, &self.version_info, buf);
+        }
+        if let Some(node) = &self.node {
+            message::encode(NODE, node, buf);
+        }
+        buf.put_slice(&self.names_wire);
+        if !self.type_url.is_empty() {
+            string::encode(TYPE_URL, &self.type_url, buf);
+        }
+        if !self.response_nonce.is_empty() {
+            string::encode(RESPONSE_NONCE, &self.response_nonce, buf);
+        }
+        if let Some(status) = &self.error_detail {
+            message::encode(ERROR_DETAIL, status, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            VERSION_INFO => string::merge(wire_type, &mut self.version_info, buf, ctx),
+            NODE => message::merge(
+                wire_type,
+                self.node.get_or_insert_with(Node::default),
+                buf,
+                ctx,
+            ),
+            RESOURCE_NAMES => {
+                check_wire_type(WireType::LengthDelimited, wire_type)?;
+                let len = decode_varint(buf)?;
+                if len > buf.remaining() as u64 {
+                    return Err(truncated());
+                }
+                let len = len as usize;
+                encode_key(
+                    RESOURCE_NAMES,
+                    WireType::LengthDelimited,
+                    &mut self.names_wire,
+                );
+                encode_varint(len as u64, &mut self.names_wire);
+                self.names_wire.put(buf.take(len));
+                Ok(())
+            }
+            TYPE_URL => string::merge(wire_type, &mut self.type_url, buf, ctx),
+            RESPONSE_NONCE => string::merge(wire_type, &mut self.response_nonce, buf, ctx),
+            ERROR_DETAIL => message::merge(
+                wire_type,
+                self.error_detail.get_or_insert_with(Status::default),
+                buf,
+                ctx,
+            ),
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let text = |tag: u32, value: &String| {
+            if value.is_empty() {
+                0
+            } else {
+                string::encoded_len(tag, value)
+            }
+        };
+        text(VERSION_INFO, &self.version_info)
+            + self
+                .node
+                .as_ref()
+                .map_or(0, |n| message::encoded_len(NODE, n))
+            + self.names_wire.len()
+            + text(TYPE_URL, &self.type_url)
+            + text(RESPONSE_NONCE, &self.response_nonce)
+            + self
+                .error_detail
+                .as_ref()
+                .map_or(0, |s| message::encoded_len(ERROR_DETAIL, s))
+    }
+
+    fn clear(&mut self) {
+        *self = SotwRequest::default();
+    }
+}
+
+/// The error prost reports for a length-delimited field that runs past the end of its message.
+// prost 0.14 (pinned) gives a hand-written `Message` no other constructor for decode errors.
+#[allow(deprecated)]
+fn truncated() -> DecodeError {
+    DecodeError::new("resource_names: a name runs past the end of the request")
 }
 
 impl From<DiscoveryRequest> for SotwRequest {
     fn from(request: DiscoveryRequest) -> Self {
-        SotwRequest {
+        let mut converted = SotwRequest {
             version_info: request.version_info,
             node: request.node,
-            resource_names: request
-                .resource_names
-                .into_iter()
-                .map(Bytes::from)
-                .collect(),
             type_url: request.type_url,
             response_nonce: request.response_nonce,
             error_detail: request.error_detail,
+            names_wire: BytesMut::new(),
+        };
+        for name in &request.resource_names {
+            converted.push_name(name);
         }
+        converted
     }
+}
+
+/// The wire size of one `resource_names` entry.
+#[cfg(test)]
+fn entry_len(name: &str) -> usize {
+    key_len(RESOURCE_NAMES) + prost::encoding::encoded_len_varint(name.len() as u64) + name.len()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
 
-    #[test]
-    fn decodes_what_envoy_encodes_and_borrows_the_names() {
-        let request = DiscoveryRequest {
+    fn envoy_request() -> DiscoveryRequest {
+        DiscoveryRequest {
             version_info: "v1".into(),
             node: Some(Node {
                 id: "sidecar~10.0.0.1~a.ns~ns.svc.cluster.local".into(),
                 ..Default::default()
             }),
-            resource_names: vec!["outbound|80||a.ns.svc.cluster.local".into(), "b".into()],
+            resource_names: vec![
+                "outbound|80||a.ns.svc.cluster.local".into(),
+                "b".into(),
+                "x".repeat(300),
+            ],
             type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment".into(),
             response_nonce: "n-1".into(),
             error_detail: Some(Status {
@@ -76,18 +207,59 @@ mod tests {
                 details: vec![],
             }),
             resource_locators: vec![],
-        };
-        let wire = Bytes::from(request.encode_to_vec());
-        let view = SotwRequest::decode(wire.clone()).unwrap();
+        }
+    }
+
+    #[test]
+    fn decodes_what_envoy_encodes_and_encodes_it_back() {
+        let request = envoy_request();
+        let view = SotwRequest::decode(request.encode_to_vec().as_slice()).unwrap();
         assert_eq!(view, SotwRequest::from(request.clone()));
         assert_eq!(view.names().collect::<Vec<_>>(), request.resource_names);
-        // Zero-copy: the names point into the received buffer.
-        let wire_range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
-        assert!(wire_range.contains(&(view.resource_names[0].as_ptr() as usize)));
-        // And it encodes back to the same message.
+        assert_eq!(
+            view.names_wire.len(),
+            request
+                .resource_names
+                .iter()
+                .map(|n| entry_len(n))
+                .sum::<usize>()
+        );
+        assert_eq!(view.encoded_len(), request.encoded_len());
         assert_eq!(
             DiscoveryRequest::decode(view.encode_to_vec().as_slice()).unwrap(),
             request
         );
+    }
+
+    #[test]
+    fn fingerprints_follow_the_list_and_its_order() {
+        let a = SotwRequest::from(envoy_request());
+        let mut same = envoy_request();
+        same.response_nonce = "n-2".into();
+        assert_eq!(
+            a.names_fingerprint(),
+            SotwRequest::from(same).names_fingerprint()
+        );
+        let mut reordered = envoy_request();
+        reordered.resource_names.swap(0, 1);
+        let mut split = envoy_request();
+        split.resource_names[1] = "bx".into();
+        split.resource_names[2] = "x".repeat(299);
+        for other in [reordered, split] {
+            assert_ne!(
+                a.names_fingerprint(),
+                SotwRequest::from(other).names_fingerprint()
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_names_are_decode_errors() {
+        // Field 3 with a length past the end of the message.
+        let truncated = [0x1a, 0x05, b'a'];
+        assert!(SotwRequest::decode(truncated.as_slice()).is_err());
+        // Field 3 as a varint.
+        let wrong_type = [0x18, 0x01];
+        assert!(SotwRequest::decode(wrong_type.as_slice()).is_err());
     }
 }
