@@ -1,7 +1,7 @@
 //! Envoy admin `config_dump` rendering of a proxy's config, through the protobuf JSON mapping.
 //!
 //! JSON comes from prost-reflect over the descriptor set the envoy-types crate is generated
-//! from (a copy lives in `proto/`), so every message, enum and `Any` renders exactly as the
+//! from (a copy without comments lives in `proto/`), so every message, enum and `Any` renders exactly as the
 //! protobuf JSON mapping says, with Envoy's snake_case field names as in its admin output.
 
 use crate::ProxyConfig;
@@ -17,7 +17,8 @@ use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use std::sync::OnceLock;
 
-/// The envoy-types descriptor set (envoy-types 0.7.7, `src/generated/types.bin`).
+/// The envoy-types descriptor set (envoy-types 0.7.7, `src/generated/types.bin`) without its
+/// source info (`cargo xtask sync-descriptors`).
 const ENVOY_DESCRIPTORS: &[u8] = include_bytes!("../../../proto/envoy-types-0.7.7.descriptor.bin");
 
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +63,24 @@ pub fn descriptor_pool() -> &'static DescriptorPool {
     })
 }
 
+/// prost-reflect's built-in pool of the `google.protobuf` well-known types: a few hundred KB,
+/// where the Envoy pool costs tens of MB of heap for as long as the process lives.
+fn well_known_pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(DescriptorPool::global)
+}
+
 /// Renders any Envoy message as protobuf JSON (snake_case names, defaults omitted, `Any`
-/// expanded with its `@type`).
+/// expanded with its `@type`). Well-known types (node metadata's `Struct`, on every connect)
+/// are rendered without loading the Envoy descriptor set.
 pub fn to_json<M: Message + Name>(message: &M) -> Result<serde_json::Value, DumpError> {
     let type_name = M::full_name();
-    let descriptor = descriptor_pool()
+    let pool = if type_name.starts_with("google.protobuf.") {
+        well_known_pool()
+    } else {
+        descriptor_pool()
+    };
+    let descriptor = pool
         .get_message_by_name(&type_name)
         .ok_or_else(|| DumpError::UnknownType(type_name.clone()))?;
     let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()).map_err(

@@ -7,6 +7,7 @@ use crate::publish::Published;
 use crate::resources::NameSet;
 use crate::types::ResourceType;
 use dashmap::DashMap;
+use envoy_types::pb::envoy::config::core::v3::Locality;
 use meshpilot_model::Proxy;
 use meshpilot_translate::dump::{self, DumpError};
 use meshpilot_translate::type_urls;
@@ -27,8 +28,9 @@ pub struct ConnectionInfo {
     pub connected_at: SystemTime,
     /// `node.metadata` as protobuf JSON.
     pub metadata: Value,
-    /// `node.locality` as protobuf JSON (`{}` when unset).
-    pub locality: Value,
+    /// `node.locality`, rendered as JSON only by the debug views (rendering any Envoy type loads
+    /// the whole Envoy descriptor pool).
+    pub locality: Option<Locality>,
     /// `ISTIO_VERSION` from the metadata, empty when absent.
     pub istio_version: String,
 }
@@ -285,7 +287,10 @@ fn adsz_entry(c: &ConnectionStatus) -> Value {
         "flavor": match c.info.flavor { Flavor::Sotw => "sotw", Flavor::Delta => "delta" },
         "labels": c.proxy.labels,
         "metadata": c.info.metadata,
-        "locality": c.info.locality,
+        "locality": c.info.locality.as_ref().map_or_else(
+            || json!({}),
+            |l| dump::to_json(l).unwrap_or_else(|e| json!({ "error": e.to_string() })),
+        ),
         "version": &*c.pushed_from.version_info,
         "watches": watches,
     })
@@ -376,7 +381,7 @@ mod tests {
                 peer: Some("127.0.0.1:40000".parse().unwrap()),
                 connected_at,
                 metadata: json!({"NAMESPACE": "default"}),
-                locality: json!({}),
+                locality: None,
                 istio_version: "1.26.0".into(),
             }),
             proxy,

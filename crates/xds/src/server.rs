@@ -250,11 +250,7 @@ async fn serve_stream(
             .and_then(|v| v.as_str())
             .unwrap_or_default()
             .to_string(),
-        locality: match &node.locality {
-            Some(locality) => meshpilot_translate::dump::to_json(locality)
-                .unwrap_or_else(|_| serde_json::json!({})),
-            None => serde_json::json!({}),
-        },
+        locality: node.locality.clone(),
         metadata,
     });
     let mut connection = Connection::new(id, proxy, flavor, &inner.control_plane_id);
