@@ -16,8 +16,8 @@
 //! - types this server does not serve get an empty answer and never end the stream.
 
 use crate::request::SotwRequest;
-use crate::resources::{NameSet, Resource, ResourceCache, ResourceSet, Resources, SetDiff};
-use crate::response::{DeltaResponse, SotwResponse};
+use crate::resources::{NameSet, Resource, ResourceCache, Resources, SetDiff};
+use crate::response::{Batch, DeltaResponse, SotwResponse};
 use crate::types::{ResourceType, TypeSet, affected_types};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use meshpilot_model::{ChangeSet, ObjectKey, Proxy};
@@ -475,9 +475,9 @@ impl Connection {
                 version_info: ctx.version_info.clone(),
                 // LDS/CDS responses must hold the full set; EDS/RDS may hold just the changes.
                 resources: if watch.wildcard || kind.is_none() {
-                    all_of(&current)
+                    Batch::Whole(current)
                 } else {
-                    changed
+                    Batch::from_set(&current, changed)
                 },
                 type_url: type_url.to_string(),
                 nonce,
@@ -485,7 +485,7 @@ impl Connection {
             }),
             Flavor::Delta => Outgoing::Delta(DeltaResponse {
                 system_version_info: ctx.version_info.clone(),
-                resources: changed,
+                resources: Batch::from_set(&current, changed),
                 type_url: type_url.to_string(),
                 removed_resources: removed,
                 nonce,
@@ -513,10 +513,6 @@ impl Connection {
         }
         Vec::new()
     }
-}
-
-fn all_of(set: &ResourceSet) -> Vec<Arc<Resource>> {
-    set.iter().cloned().collect()
 }
 
 #[cfg(test)]

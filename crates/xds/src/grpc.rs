@@ -331,7 +331,7 @@ mod tests {
         use crate::response::SotwResponse;
         use envoy_types::pb::google::protobuf::StringValue;
         use http_body_util::BodyExt;
-        let resources = (0..4000)
+        let resources: Vec<_> = (0..4000)
             .map(|i| {
                 Resource::encode(
                     &format!("r{i}"),
@@ -343,7 +343,7 @@ mod tests {
             .collect();
         let response = Outgoing::Sotw(SotwResponse {
             version_info: "v".into(),
-            resources,
+            resources: resources.into(),
             type_url: "t".into(),
             nonce: "n".into(),
             control_plane: "c".into(),

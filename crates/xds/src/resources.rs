@@ -27,7 +27,7 @@ use prost::{Message, Name};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// One Envoy resource, encoded once and shared by every proxy that is sent it.
 #[derive(Debug, PartialEq)]
@@ -66,6 +66,11 @@ impl Resource {
 pub struct ResourceSet {
     items: Vec<Arc<Resource>>,
     by_name: HashMap<Arc<str>, usize>,
+    /// Every item's `resources` entry of a SotW response, back to back; encoded by the first
+    /// response that carries the whole set, then sent as slices by all of them.
+    sotw_entries: OnceLock<Bytes>,
+    /// The same for delta responses (`Resource { version, resource, name }` entries).
+    delta_entries: OnceLock<Bytes>,
 }
 
 impl ResourceSet {
@@ -75,7 +80,26 @@ impl ResourceSet {
             .enumerate()
             .map(|(i, r)| (r.name.clone(), i))
             .collect();
-        ResourceSet { items, by_name }
+        ResourceSet {
+            items,
+            by_name,
+            sotw_entries: OnceLock::new(),
+            delta_entries: OnceLock::new(),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[Arc<Resource>] {
+        &self.items
+    }
+
+    pub(crate) fn sotw_entries(&self) -> &Bytes {
+        self.sotw_entries
+            .get_or_init(|| crate::response::sotw_entries(&self.items))
+    }
+
+    pub(crate) fn delta_entries(&self) -> &Bytes {
+        self.delta_entries
+            .get_or_init(|| crate::response::delta_entries(&self.items))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {

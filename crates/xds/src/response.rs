@@ -7,18 +7,68 @@
 //! generated message would (fields in tag order, defaults omitted).
 
 use crate::connection::Outgoing;
-use crate::resources::Resource;
+use crate::resources::{Resource, Resources};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint};
 use prost::{DecodeError, Message};
+use std::ops::Deref;
 use std::sync::Arc;
+
+/// The resources a response carries: a whole shared set, or a selection of resources.
+#[derive(Clone, Debug)]
+pub enum Batch {
+    /// Every resource of the set, in its order: the set's entries are encoded once and every
+    /// response sends slices of them.
+    Whole(Resources),
+    Some(Vec<Arc<Resource>>),
+}
+
+impl Batch {
+    /// A selection from `set` (in its order): the whole set when it is all of it.
+    pub fn from_set(set: &Resources, selected: Vec<Arc<Resource>>) -> Self {
+        if !set.is_empty() && selected.len() == set.len() {
+            Batch::Whole(set.clone())
+        } else {
+            Batch::Some(selected)
+        }
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch::Some(Vec::new())
+    }
+}
+
+impl Deref for Batch {
+    type Target = [Arc<Resource>];
+
+    fn deref(&self) -> &[Arc<Resource>] {
+        match self {
+            Batch::Whole(set) => set.as_slice(),
+            Batch::Some(resources) => resources,
+        }
+    }
+}
+
+impl PartialEq for Batch {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl From<Vec<Arc<Resource>>> for Batch {
+    fn from(resources: Vec<Arc<Resource>>) -> Self {
+        Batch::Some(resources)
+    }
+}
 
 /// A state-of-the-world `DiscoveryResponse`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SotwResponse {
     pub version_info: Arc<str>,
-    pub resources: Vec<Arc<Resource>>,
+    pub resources: Batch,
     pub type_url: String,
     pub nonce: String,
     pub control_plane: Arc<str>,
@@ -28,7 +78,7 @@ pub struct SotwResponse {
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeltaResponse {
     pub system_version_info: Arc<str>,
-    pub resources: Vec<Arc<Resource>>,
+    pub resources: Batch,
     pub type_url: String,
     pub removed_resources: Vec<Arc<str>>,
     pub nonce: String,
@@ -99,6 +149,54 @@ fn put_control_plane(tag: u32, identifier: &str, buf: &mut impl BufMut) {
     put_string(tag::CONTROL_PLANE_IDENTIFIER, identifier, buf);
 }
 
+/// One `resources` entry of a SotW response: the resource's `Any`.
+fn sotw_entry_len(r: &Resource) -> usize {
+    delimited_len(tag::SOTW_RESOURCES, r.any.len())
+}
+
+fn write_sotw_entry_prefix(r: &Resource, buf: &mut impl BufMut) {
+    encode_key(tag::SOTW_RESOURCES, WireType::LengthDelimited, buf);
+    encode_varint(r.any.len() as u64, buf);
+}
+
+/// One `resources` entry of a delta response: `Resource { version, resource, name }`.
+fn delta_entry_len(r: &Resource) -> usize {
+    delimited_len(tag::DELTA_RESOURCES, entry_len(r))
+}
+
+fn write_delta_entry_prefix(r: &Resource, buf: &mut impl BufMut) {
+    encode_key(tag::DELTA_RESOURCES, WireType::LengthDelimited, buf);
+    encode_varint(entry_len(r) as u64, buf);
+    put_string(tag::ENTRY_VERSION, &r.version, buf);
+    encode_key(tag::ENTRY_RESOURCE, WireType::LengthDelimited, buf);
+    encode_varint(r.any.len() as u64, buf);
+}
+
+fn write_delta_entry_suffix(r: &Resource, buf: &mut impl BufMut) {
+    put_string(tag::ENTRY_NAME, &r.name, buf);
+}
+
+/// The SotW entries of `items`, back to back (a [`crate::resources::ResourceSet`] caches them).
+pub(crate) fn sotw_entries(items: &[Arc<Resource>]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(items.iter().map(|r| sotw_entry_len(r)).sum());
+    for r in items {
+        write_sotw_entry_prefix(r, &mut buf);
+        buf.put_slice(&r.any);
+    }
+    buf.freeze()
+}
+
+/// The delta entries of `items`, back to back.
+pub(crate) fn delta_entries(items: &[Arc<Resource>]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(items.iter().map(|r| delta_entry_len(r)).sum());
+    for r in items {
+        write_delta_entry_prefix(r, &mut buf);
+        buf.put_slice(&r.any);
+        write_delta_entry_suffix(r, &mut buf);
+    }
+    buf.freeze()
+}
+
 /// The body of one delta `Resource { version, resource, name }`.
 fn entry_len(r: &Resource) -> usize {
     string_len(tag::ENTRY_VERSION, &r.version)
@@ -131,6 +229,9 @@ trait Pieces {
     fn write_resource_suffix(&self, i: usize, buf: &mut impl BufMut);
     fn tail_len(&self) -> usize;
     fn write_tail(&self, buf: &mut impl BufMut);
+    /// Every resource entry already encoded back to back, when the response carries a whole
+    /// shared set.
+    fn shared_entries(&self) -> Option<&Bytes>;
 
     fn write_resource(&self, i: usize, buf: &mut impl BufMut) {
         self.write_resource_prefix(i, buf);
@@ -169,7 +270,7 @@ impl Pieces for SotwResponse {
     }
 
     fn resource_len(&self, i: usize) -> usize {
-        delimited_len(tag::SOTW_RESOURCES, self.resources[i].any.len())
+        sotw_entry_len(&self.resources[i])
     }
 
     fn resource_body(&self, i: usize) -> &Bytes {
@@ -177,11 +278,17 @@ impl Pieces for SotwResponse {
     }
 
     fn write_resource_prefix(&self, i: usize, buf: &mut impl BufMut) {
-        encode_key(tag::SOTW_RESOURCES, WireType::LengthDelimited, buf);
-        encode_varint(self.resources[i].any.len() as u64, buf);
+        write_sotw_entry_prefix(&self.resources[i], buf);
     }
 
     fn write_resource_suffix(&self, _i: usize, _buf: &mut impl BufMut) {}
+
+    fn shared_entries(&self) -> Option<&Bytes> {
+        match &self.resources {
+            Batch::Whole(set) => Some(set.sotw_entries()),
+            Batch::Some(_) => None,
+        }
+    }
 
     fn tail_len(&self) -> usize {
         string_len(tag::SOTW_TYPE_URL, &self.type_url)
@@ -214,7 +321,7 @@ impl Pieces for DeltaResponse {
     }
 
     fn resource_len(&self, i: usize) -> usize {
-        delimited_len(tag::DELTA_RESOURCES, entry_len(&self.resources[i]))
+        delta_entry_len(&self.resources[i])
     }
 
     fn resource_body(&self, i: usize) -> &Bytes {
@@ -222,16 +329,18 @@ impl Pieces for DeltaResponse {
     }
 
     fn write_resource_prefix(&self, i: usize, buf: &mut impl BufMut) {
-        let r = &self.resources[i];
-        encode_key(tag::DELTA_RESOURCES, WireType::LengthDelimited, buf);
-        encode_varint(entry_len(r) as u64, buf);
-        put_string(tag::ENTRY_VERSION, &r.version, buf);
-        encode_key(tag::ENTRY_RESOURCE, WireType::LengthDelimited, buf);
-        encode_varint(r.any.len() as u64, buf);
+        write_delta_entry_prefix(&self.resources[i], buf);
     }
 
     fn write_resource_suffix(&self, i: usize, buf: &mut impl BufMut) {
-        put_string(tag::ENTRY_NAME, &self.resources[i].name, buf);
+        write_delta_entry_suffix(&self.resources[i], buf);
+    }
+
+    fn shared_entries(&self) -> Option<&Bytes> {
+        match &self.resources {
+            Batch::Whole(set) => Some(set.delta_entries()),
+            Batch::Some(_) => None,
+        }
     }
 
     fn tail_len(&self) -> usize {
@@ -275,7 +384,7 @@ impl Message for SotwResponse {
     }
 
     fn clear(&mut self) {
-        self.resources.clear();
+        self.resources = Batch::default();
     }
 }
 
@@ -299,7 +408,7 @@ impl Message for DeltaResponse {
     }
 
     fn clear(&mut self) {
-        self.resources.clear();
+        self.resources = Batch::default();
         self.removed_resources.clear();
     }
 }
@@ -312,6 +421,8 @@ enum Cursor {
     Entry(usize),
     /// Within resource `i`'s body, this many bytes in.
     Body(usize, usize),
+    /// Within the shared encoding of every entry, this many bytes in.
+    Shared(usize),
     /// After resource `i`'s body.
     Suffix(usize),
     Done,
@@ -326,6 +437,8 @@ enum Cursor {
 pub struct GrpcChunks {
     response: Outgoing,
     cursor: Cursor,
+    /// Bytes of the framed message not yet handed out (sizes the gathering buffer).
+    remaining: usize,
 }
 
 impl GrpcChunks {
@@ -334,10 +447,26 @@ impl GrpcChunks {
     const SHARE_FROM: usize = 16 * 1024;
 
     pub fn new(response: Outgoing) -> Self {
+        let message_len = match &response {
+            Outgoing::Sotw(r) => r.message_len(),
+            Outgoing::Delta(r) => r.message_len(),
+        };
         GrpcChunks {
             response,
             cursor: Cursor::Start,
+            remaining: 5 + message_len,
         }
+    }
+
+    /// The next slice of `entries` from `offset`, moving the cursor past it.
+    fn shared_slice(entries: &Bytes, offset: usize, count: usize, cursor: &mut Cursor) -> Bytes {
+        let take = (entries.len() - offset).min(Self::TARGET);
+        *cursor = if offset + take == entries.len() {
+            Cursor::Entry(count)
+        } else {
+            Cursor::Shared(offset + take)
+        };
+        entries.slice(offset..offset + take)
     }
 
     /// Advances through the message, gathering into `buf` until it holds about a chunk; returns
@@ -352,6 +481,34 @@ impl GrpcChunks {
                     buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
                     piece.write_head(buf);
                     Cursor::Entry(0)
+                }
+                Cursor::Entry(0)
+                    if piece
+                        .shared_entries()
+                        .is_some_and(|e| e.len() >= Self::SHARE_FROM) =>
+                {
+                    if !buf.is_empty() {
+                        return None; // send the head; the entries follow as shared slices
+                    }
+                    let entries = piece.shared_entries().expect("checked");
+                    return Some(Self::shared_slice(
+                        entries,
+                        0,
+                        piece.resource_count(),
+                        cursor,
+                    ));
+                }
+                Cursor::Shared(offset) => {
+                    if !buf.is_empty() {
+                        return None;
+                    }
+                    let entries = piece.shared_entries().expect("only set for shared entries");
+                    return Some(Self::shared_slice(
+                        entries,
+                        offset,
+                        piece.resource_count(),
+                        cursor,
+                    ));
                 }
                 Cursor::Entry(i) if i < piece.resource_count() => {
                     piece.write_resource_prefix(i, buf);
@@ -403,16 +560,19 @@ impl Iterator for GrpcChunks {
         if matches!(self.cursor, Cursor::Done) {
             return None;
         }
-        let mut buf = BytesMut::with_capacity(Self::TARGET);
+        // Sized to what is left: a small push must not cost a chunk-sized allocation.
+        let mut buf = BytesMut::with_capacity(self.remaining.min(Self::TARGET));
         let shared = match &self.response {
             Outgoing::Sotw(r) => Self::fill(r, &mut self.cursor, &mut buf),
             Outgoing::Delta(r) => Self::fill(r, &mut self.cursor, &mut buf),
         };
-        match shared {
-            Some(slice) => Some(slice),
-            None if buf.is_empty() => None,
-            None => Some(buf.freeze()),
-        }
+        let chunk = match shared {
+            Some(slice) => slice,
+            None if buf.is_empty() => return None,
+            None => buf.freeze(),
+        };
+        self.remaining = self.remaining.saturating_sub(chunk.len());
+        Some(chunk)
     }
 }
 
@@ -435,6 +595,7 @@ impl DeltaResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::ResourceSet;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::envoy::config::core::v3::ControlPlane;
     use envoy_types::pb::envoy::service::discovery::v3::Resource as DeltaEntry;
@@ -462,7 +623,7 @@ mod tests {
         let resources = resources();
         let shared = SotwResponse {
             version_info: "2026-11-21T00:00:00Z/3".into(),
-            resources: resources.clone(),
+            resources: resources.clone().into(),
             type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
             nonce: "n-1".into(),
             control_plane: "meshpilot".into(),
@@ -487,7 +648,7 @@ mod tests {
         let resources = resources();
         let shared = DeltaResponse {
             system_version_info: "v/1".into(),
-            resources: resources.clone(),
+            resources: resources.clone().into(),
             type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
             removed_resources: vec!["gone".into(), "also-gone".into()],
             nonce: "n-2".into(),
@@ -532,14 +693,14 @@ mod tests {
         let shared = big.any.as_ptr() as usize..big.any.as_ptr() as usize + big.any.len();
         let sotw = Outgoing::Sotw(SotwResponse {
             version_info: "v/1".into(),
-            resources: resources.clone(),
+            resources: resources.clone().into(),
             type_url: "t".into(),
             nonce: "n".into(),
             control_plane: "meshpilot".into(),
         });
         let delta = Outgoing::Delta(DeltaResponse {
             system_version_info: "v/1".into(),
-            resources,
+            resources: resources.into(),
             type_url: "t".into(),
             removed_resources: vec!["gone".into()],
             nonce: "n".into(),
@@ -563,9 +724,73 @@ mod tests {
     }
 
     #[test]
-    fn chunks_concatenate_to_one_grpc_frame_of_the_message() {
-        // Enough resources for several chunks.
-        let resources: Vec<Arc<Resource>> = (0..2000)
+    fn a_whole_set_is_sent_as_slices_of_entries_encoded_once_per_set() {
+        let set: Resources = Arc::new(ResourceSet::new(many_clusters(2000)));
+        let sotw = |nonce: &str| {
+            Outgoing::Sotw(SotwResponse {
+                version_info: "v/1".into(),
+                resources: Batch::from_set(&set, set.as_slice().to_vec()),
+                type_url: "t".into(),
+                nonce: nonce.into(),
+                control_plane: "meshpilot".into(),
+            })
+        };
+        let delta = |nonce: &str| {
+            Outgoing::Delta(DeltaResponse {
+                system_version_info: "v/1".into(),
+                resources: Batch::Whole(set.clone()),
+                type_url: "t".into(),
+                removed_resources: vec!["gone".into()],
+                nonce: nonce.into(),
+                control_plane: "meshpilot".into(),
+            })
+        };
+        for (response, again) in [(sotw("a"), sotw("b")), (delta("a"), delta("b"))] {
+            // The reference bytes, written resource by resource.
+            let message = match &response {
+                Outgoing::Sotw(r) => r.encode_to_vec(),
+                Outgoing::Delta(r) => r.encode_to_vec(),
+            };
+            let entries = match &response {
+                Outgoing::Sotw(_) => set.sotw_entries(),
+                Outgoing::Delta(_) => set.delta_entries(),
+            };
+            let within = entries.as_ptr() as usize..entries.as_ptr() as usize + entries.len();
+            let chunks: Vec<Bytes> = GrpcChunks::new(response).collect();
+            let shared: usize = chunks
+                .iter()
+                .filter(|c| within.contains(&(c.as_ptr() as usize)))
+                .map(Bytes::len)
+                .sum();
+            assert_eq!(shared, entries.len(), "every entry byte is a shared slice");
+            assert!(chunks.iter().all(|c| c.len() <= GrpcChunks::TARGET));
+            assert_eq!(&chunks.concat()[5..], message.as_slice());
+            // A second response of the set sends the same bytes, not a new encoding.
+            let second: Vec<Bytes> = GrpcChunks::new(again).collect();
+            assert_eq!(second[1].as_ptr(), chunks[1].as_ptr());
+        }
+    }
+
+    #[test]
+    fn a_selection_of_every_resource_is_the_whole_set() {
+        let set: Resources = Arc::new(ResourceSet::new(resources()));
+        assert!(matches!(
+            Batch::from_set(&set, set.as_slice().to_vec()),
+            Batch::Whole(_)
+        ));
+        assert!(matches!(
+            Batch::from_set(&set, set.as_slice()[1..].to_vec()),
+            Batch::Some(_)
+        ));
+        let empty: Resources = Arc::default();
+        assert!(matches!(
+            Batch::from_set(&empty, Vec::new()),
+            Batch::Some(_)
+        ));
+    }
+
+    fn many_clusters(n: usize) -> Vec<Arc<Resource>> {
+        (0..n)
             .map(|i| {
                 let name = format!("outbound|9080||svc-{i}.ns.svc.cluster.local");
                 Resource::encode(
@@ -576,10 +801,16 @@ mod tests {
                     },
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn chunks_concatenate_to_one_grpc_frame_of_the_message() {
+        // Enough resources for several chunks.
+        let resources = many_clusters(2000);
         let response = SotwResponse {
             version_info: "v/9".into(),
-            resources,
+            resources: resources.into(),
             type_url: "t".into(),
             nonce: "n".into(),
             control_plane: "meshpilot".into(),
@@ -601,7 +832,7 @@ mod tests {
     fn empty_fields_are_omitted_like_proto3() {
         let empty = SotwResponse {
             version_info: "".into(),
-            resources: Vec::new(),
+            resources: Batch::default(),
             type_url: "t".into(),
             nonce: "".into(),
             control_plane: "".into(),
