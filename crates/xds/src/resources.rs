@@ -92,14 +92,29 @@ impl ResourceSet {
         &self.items
     }
 
-    pub(crate) fn sotw_entries(&self) -> &Bytes {
-        self.sotw_entries
-            .get_or_init(|| crate::response::sotw_entries(&self.items))
+    /// Whether responses should send this set from entries encoded once: worth it for many
+    /// small resources; large ones (a route configuration of thousands of virtual hosts) are
+    /// sent as slices of their own bytes already, and a second copy would only cost memory.
+    fn shares_entries(&self) -> bool {
+        let bytes: usize = self.items.iter().map(|r| r.any.len()).sum();
+        !self.items.is_empty() && bytes / self.items.len() < Self::LARGE_RESOURCE
     }
 
-    pub(crate) fn delta_entries(&self) -> &Bytes {
-        self.delta_entries
-            .get_or_init(|| crate::response::delta_entries(&self.items))
+    /// Resources at least this large (on average) are sent from their own bytes.
+    pub(crate) const LARGE_RESOURCE: usize = 16 * 1024;
+
+    pub(crate) fn sotw_entries(&self) -> Option<&Bytes> {
+        self.shares_entries().then(|| {
+            self.sotw_entries
+                .get_or_init(|| crate::response::sotw_entries(&self.items))
+        })
+    }
+
+    pub(crate) fn delta_entries(&self) -> Option<&Bytes> {
+        self.shares_entries().then(|| {
+            self.delta_entries
+                .get_or_init(|| crate::response::delta_entries(&self.items))
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {

@@ -7,7 +7,7 @@
 //! generated message would (fields in tag order, defaults omitted).
 
 use crate::connection::Outgoing;
-use crate::resources::{Resource, Resources};
+use crate::resources::{Resource, ResourceSet, Resources};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint};
@@ -285,7 +285,7 @@ impl Pieces for SotwResponse {
 
     fn shared_entries(&self) -> Option<&Bytes> {
         match &self.resources {
-            Batch::Whole(set) => Some(set.sotw_entries()),
+            Batch::Whole(set) => set.sotw_entries(),
             Batch::Some(_) => None,
         }
     }
@@ -338,7 +338,7 @@ impl Pieces for DeltaResponse {
 
     fn shared_entries(&self) -> Option<&Bytes> {
         match &self.resources {
-            Batch::Whole(set) => Some(set.delta_entries()),
+            Batch::Whole(set) => set.delta_entries(),
             Batch::Some(_) => None,
         }
     }
@@ -444,7 +444,7 @@ pub struct GrpcChunks {
 impl GrpcChunks {
     pub const TARGET: usize = 64 * 1024;
     /// Bodies at least this large are sent as slices of the shared bytes rather than copied.
-    const SHARE_FROM: usize = 16 * 1024;
+    const SHARE_FROM: usize = ResourceSet::LARGE_RESOURCE;
 
     pub fn new(response: Outgoing) -> Self {
         let message_len = match &response {
@@ -595,7 +595,6 @@ impl DeltaResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::ResourceSet;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::envoy::config::core::v3::ControlPlane;
     use envoy_types::pb::envoy::service::discovery::v3::Resource as DeltaEntry;
@@ -754,7 +753,8 @@ mod tests {
             let entries = match &response {
                 Outgoing::Sotw(_) => set.sotw_entries(),
                 Outgoing::Delta(_) => set.delta_entries(),
-            };
+            }
+            .expect("small resources share their entries");
             let within = entries.as_ptr() as usize..entries.as_ptr() as usize + entries.len();
             let chunks: Vec<Bytes> = GrpcChunks::new(response).collect();
             let shared: usize = chunks
@@ -782,6 +782,16 @@ mod tests {
             Batch::from_set(&set, set.as_slice()[1..].to_vec()),
             Batch::Some(_)
         ));
+        // One large resource is sent from its own bytes: no second copy as entries.
+        let big = Resource::encode(
+            "80",
+            &Cluster {
+                name: "x".repeat(100_000),
+                ..Default::default()
+            },
+        );
+        let large: Resources = Arc::new(ResourceSet::new(vec![big]));
+        assert!(large.sotw_entries().is_none() && large.delta_entries().is_none());
         let empty: Resources = Arc::default();
         assert!(matches!(
             Batch::from_set(&empty, Vec::new()),
