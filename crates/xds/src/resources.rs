@@ -71,6 +71,8 @@ pub struct ResourceSet {
     sotw_entries: OnceLock<Bytes>,
     /// The same for delta responses (`Resource { version, resource, name }` entries).
     delta_entries: OnceLock<Bytes>,
+    /// Whether responses send this set from those entries (see [`ResourceSet::new`]).
+    shares_entries: bool,
 }
 
 impl ResourceSet {
@@ -80,11 +82,17 @@ impl ResourceSet {
             .enumerate()
             .map(|(i, r)| (r.name.clone(), i))
             .collect();
+        // Worth it for many small resources; large ones (a route configuration of thousands
+        // of virtual hosts) are sent as slices of their own bytes already, and a second copy
+        // would only cost memory.
+        let bytes: usize = items.iter().map(|r| r.any.len()).sum();
+        let shares_entries = !items.is_empty() && bytes / items.len() < Self::LARGE_RESOURCE;
         ResourceSet {
             items,
             by_name,
             sotw_entries: OnceLock::new(),
             delta_entries: OnceLock::new(),
+            shares_entries,
         }
     }
 
@@ -92,26 +100,18 @@ impl ResourceSet {
         &self.items
     }
 
-    /// Whether responses should send this set from entries encoded once: worth it for many
-    /// small resources; large ones (a route configuration of thousands of virtual hosts) are
-    /// sent as slices of their own bytes already, and a second copy would only cost memory.
-    fn shares_entries(&self) -> bool {
-        let bytes: usize = self.items.iter().map(|r| r.any.len()).sum();
-        !self.items.is_empty() && bytes / self.items.len() < Self::LARGE_RESOURCE
-    }
-
     /// Resources at least this large (on average) are sent from their own bytes.
     pub(crate) const LARGE_RESOURCE: usize = 16 * 1024;
 
     pub(crate) fn sotw_entries(&self) -> Option<&Bytes> {
-        self.shares_entries().then(|| {
+        self.shares_entries.then(|| {
             self.sotw_entries
                 .get_or_init(|| crate::response::sotw_entries(&self.items))
         })
     }
 
     pub(crate) fn delta_entries(&self) -> Option<&Bytes> {
-        self.shares_entries().then(|| {
+        self.shares_entries.then(|| {
             self.delta_entries
                 .get_or_init(|| crate::response::delta_entries(&self.items))
         })

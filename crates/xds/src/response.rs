@@ -240,6 +240,9 @@ trait Pieces {
     }
 
     fn message_len(&self) -> usize {
+        if let Some(entries) = self.shared_entries() {
+            return self.head_len() + entries.len() + self.tail_len();
+        }
         self.head_len()
             + (0..self.resource_count())
                 .map(|i| self.resource_len(i))
