@@ -15,7 +15,7 @@
 //!   warming and need their assignments again;
 //! - types this server does not serve get an empty answer and never end the stream.
 
-use crate::request::SotwRequest;
+use crate::request::{SotwRequest, fingerprint_names};
 use crate::resources::{NameSet, Resource, ResourceCache, Resources, SetDiff};
 use crate::response::{Batch, DeltaResponse, SotwResponse};
 use crate::types::{ResourceType, TypeSet, affected_types};
@@ -290,7 +290,13 @@ impl Connection {
                 && (explicit.is_empty() || req.resource_names_subscribe.iter().any(|n| n == "*"));
             // Versions the proxy already holds (after a reconnect) count as subscriptions.
             let held_names = req.initial_resource_versions.keys().map(String::as_str);
-            if !watch.wildcard {
+            if !watch.wildcard && req.initial_resource_versions.is_empty() {
+                // Sidecars of one class subscribe to one list: build its set once.
+                let fingerprint = fingerprint_names(explicit.iter().copied());
+                watch.names = ctx
+                    .cache
+                    .intern_list(fingerprint, || NameSet::new(explicit));
+            } else if !watch.wildcard {
                 watch.names = ctx
                     .cache
                     .intern(NameSet::new(explicit.into_iter().chain(held_names)));

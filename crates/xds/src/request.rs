@@ -63,6 +63,22 @@ impl SotwRequest {
     }
 }
 
+/// The fingerprint [`SotwRequest::names_fingerprint`] gives the same list of names, from the
+/// names themselves (a delta subscription), so equal lists share one interned set whichever
+/// protocol variant sent them.
+pub fn fingerprint_names<'a>(names: impl IntoIterator<Item = &'a str>) -> u128 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut prefix = Vec::with_capacity(16);
+    for name in names {
+        prefix.clear();
+        encode_key(RESOURCE_NAMES, WireType::LengthDelimited, &mut prefix);
+        encode_varint(name.len() as u64, &mut prefix);
+        hasher.update(&prefix);
+        hasher.update(name.as_bytes());
+    }
+    hasher.digest128()
+}
+
 impl Message for SotwRequest {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         if !self.version_info.is_empty() {
@@ -251,6 +267,21 @@ mod tests {
                 SotwRequest::from(other).names_fingerprint()
             );
         }
+    }
+
+    #[test]
+    fn a_list_of_names_fingerprints_as_the_request_that_carries_it() {
+        let request = envoy_request();
+        let names = request.resource_names.iter().map(String::as_str);
+        assert_eq!(
+            fingerprint_names(names),
+            SotwRequest::from(request.clone()).names_fingerprint()
+        );
+        let fewer = request.resource_names[1..].iter().map(String::as_str);
+        assert_ne!(
+            fingerprint_names(fewer),
+            SotwRequest::from(request).names_fingerprint()
+        );
     }
 
     #[test]

@@ -440,6 +440,27 @@ fn delta_subscribe_unsubscribe_and_ack() {
 }
 
 #[test]
+fn sidecars_subscribing_one_list_share_one_set_across_protocol_variants() {
+    let mesh = Mesh::new();
+    let ctx = mesh.ctx();
+    let subscribe = DeltaDiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names_subscribe: vec![V2.into(), V1.into()],
+        ..Default::default()
+    };
+    let mut first = connection(Flavor::Delta);
+    let mut second = connection(Flavor::Delta);
+    first.on_delta_request(subscribe.clone(), &ctx);
+    second.on_delta_request(subscribe, &ctx);
+    let set = &first.watches()[ENDPOINT].names;
+    assert!(Arc::ptr_eq(set, &second.watches()[ENDPOINT].names));
+    assert!(set.contains(V1) && set.contains(V2) && set.len() == 2);
+    let mut third = connection(Flavor::Sotw);
+    third.on_sotw_request(sotw(ENDPOINT, &[V2, V1], ""), &ctx);
+    assert!(Arc::ptr_eq(set, &third.watches()[ENDPOINT].names));
+}
+
+#[test]
 fn delta_nack_keeps_state_and_does_not_loop() {
     let mut mesh = Mesh::new();
     let mut c = connection(Flavor::Delta);
