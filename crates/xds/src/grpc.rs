@@ -51,7 +51,30 @@ impl<M, B> RequestStream<M, B> {
     }
 }
 
-impl<M: prost::Message + Default, B> RequestStream<M, B> {
+/// How a request message is read from its bytes.
+pub trait FromFrame: Sized {
+    fn from_frame(bytes: Bytes) -> Result<Self, prost::DecodeError>;
+}
+
+impl FromFrame for crate::request::SotwRequest {
+    fn from_frame(bytes: Bytes) -> Result<Self, prost::DecodeError> {
+        Self::decode_frame(bytes)
+    }
+}
+
+impl FromFrame for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
+    fn from_frame(bytes: Bytes) -> Result<Self, prost::DecodeError> {
+        prost::Message::decode(bytes)
+    }
+}
+
+impl FromFrame for envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
+    fn from_frame(bytes: Bytes) -> Result<Self, prost::DecodeError> {
+        prost::Message::decode(bytes)
+    }
+}
+
+impl<M: FromFrame, B> RequestStream<M, B> {
     /// The next complete message in `pending`, if one is there.
     fn take_message(&mut self) -> Result<Option<M>, Status> {
         if self.pending.len() < PREFIX {
@@ -79,8 +102,8 @@ impl<M: prost::Message + Default, B> RequestStream<M, B> {
             // Let the allocation go with `frame` instead of keeping it for the next request.
             self.pending = BytesMut::new();
         }
-        // Decoded from `Bytes` so that bytes fields (request names) share the buffer.
-        M::decode(frame.freeze().slice(PREFIX..))
+        // Decoded from `Bytes` so that request names can be a slice of the buffer.
+        M::from_frame(frame.freeze().slice(PREFIX..))
             .map(Some)
             .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
     }
@@ -88,7 +111,7 @@ impl<M: prost::Message + Default, B> RequestStream<M, B> {
 
 impl<M, B> Stream for RequestStream<M, B>
 where
-    M: prost::Message + Default,
+    M: FromFrame,
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {

@@ -2,17 +2,17 @@
 //!
 //! An EDS request repeats every subscribed cluster name (over a thousand in a large mesh) on
 //! each ACK. Envoy's generated `DiscoveryRequest` decodes each into its own `String`; here the
-//! names are gathered, still in wire form, into one buffer: an ACK costs one growing buffer
-//! instead of an allocation (or a reference count) per name, and the buffer is exactly what the
+//! names stay in wire form, one slice of the request's bytes: an ACK costs a walk over them
+//! instead of an allocation (or a reference count) per name, and the slice is exactly what the
 //! subscription fingerprint hashes.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
 use prost::encoding::{
-    DecodeContext, WireType, check_wire_type, decode_varint, encode_key, encode_varint, key_len,
-    message, skip_field, string,
+    DecodeContext, WireType, check_wire_type, decode_key, decode_varint, encode_key, encode_varint,
+    key_len, message, skip_field, string,
 };
 use prost::{DecodeError, Message};
 
@@ -32,8 +32,9 @@ pub struct SotwRequest {
     pub type_url: String,
     pub response_nonce: String,
     pub error_detail: Option<Status>,
-    /// Every `resource_names` entry as on the wire (key, length, bytes), back to back.
-    names_wire: BytesMut,
+    /// Every `resource_names` entry as on the wire (key, length, bytes), back to back: a slice
+    /// of the request's own bytes when read by [`SotwRequest::decode_frame`].
+    names_wire: Bytes,
 }
 
 impl SotwRequest {
@@ -59,7 +60,49 @@ impl SotwRequest {
     }
 
     pub fn push_name(&mut self, name: &str) {
-        string::encode(RESOURCE_NAMES, &name.to_string(), &mut self.names_wire);
+        self.append_names(|wire| string::encode(RESOURCE_NAMES, &name.to_string(), wire));
+    }
+
+    /// Appends to the names in place (the buffer is ours alone, so it is not copied).
+    fn append_names(&mut self, append: impl FnOnce(&mut BytesMut)) {
+        let mut wire = BytesMut::from(std::mem::take(&mut self.names_wire));
+        append(&mut wire);
+        self.names_wire = wire.freeze();
+    }
+
+    /// Reads a request from its bytes, taking the names as one slice of them when they are
+    /// contiguous (as every protobuf encoder writes a repeated field): an EDS ACK repeats
+    /// every subscribed name, tens of KB, and this costs a walk over them instead of a copy.
+    pub fn decode_frame(frame: Bytes) -> Result<Self, DecodeError> {
+        let mut request = SotwRequest::default();
+        let mut rest = frame.clone();
+        let mut names: Option<std::ops::Range<usize>> = None;
+        let ctx = DecodeContext::default();
+        while rest.has_remaining() {
+            let start = frame.len() - rest.remaining();
+            let (tag, wire_type) = decode_key(&mut rest)?;
+            if tag != RESOURCE_NAMES {
+                request.merge_field(tag, wire_type, &mut rest, ctx.clone())?;
+                continue;
+            }
+            check_wire_type(WireType::LengthDelimited, wire_type)?;
+            let len = decode_varint(&mut rest)?;
+            if len > rest.remaining() as u64 {
+                return Err(truncated());
+            }
+            rest.advance(len as usize);
+            let end = frame.len() - rest.remaining();
+            match &mut names {
+                None => names = Some(start..end),
+                Some(run) if run.end == start => run.end = end,
+                // Names split by other fields: read the whole request the general way.
+                Some(_) => return SotwRequest::decode(frame),
+            }
+        }
+        if let Some(run) = names {
+            request.names_wire = frame.slice(run);
+        }
+        Ok(request)
     }
 }
 
@@ -121,13 +164,11 @@ impl Message for SotwRequest {
                     return Err(truncated());
                 }
                 let len = len as usize;
-                encode_key(
-                    RESOURCE_NAMES,
-                    WireType::LengthDelimited,
-                    &mut self.names_wire,
-                );
-                encode_varint(len as u64, &mut self.names_wire);
-                self.names_wire.put(buf.take(len));
+                self.append_names(|wire| {
+                    encode_key(RESOURCE_NAMES, WireType::LengthDelimited, wire);
+                    encode_varint(len as u64, wire);
+                    wire.put(buf.take(len));
+                });
                 Ok(())
             }
             TYPE_URL => string::merge(wire_type, &mut self.type_url, buf, ctx),
@@ -184,11 +225,13 @@ impl From<DiscoveryRequest> for SotwRequest {
             type_url: request.type_url,
             response_nonce: request.response_nonce,
             error_detail: request.error_detail,
-            names_wire: BytesMut::new(),
+            names_wire: Bytes::new(),
         };
-        for name in &request.resource_names {
-            converted.push_name(name);
-        }
+        converted.append_names(|wire| {
+            for name in &request.resource_names {
+                string::encode(RESOURCE_NAMES, name, wire);
+            }
+        });
         converted
     }
 }
@@ -282,6 +325,30 @@ mod tests {
             fingerprint_names(fewer),
             SotwRequest::from(request).names_fingerprint()
         );
+    }
+
+    #[test]
+    fn a_frame_lends_its_names_and_reads_like_the_general_decode() {
+        let request = envoy_request();
+        let frame = Bytes::from(request.encode_to_vec());
+        let lent = SotwRequest::decode_frame(frame.clone()).unwrap();
+        assert_eq!(lent, SotwRequest::decode(frame.clone()).unwrap());
+        let within = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+        assert!(
+            within.contains(&(lent.names_wire.as_ptr() as usize)),
+            "names are a slice"
+        );
+        // Names split by another field (legal protobuf, though no encoder does it).
+        let mut split = Vec::new();
+        string::encode(RESOURCE_NAMES, &"a".to_string(), &mut split);
+        string::encode(TYPE_URL, &"t".to_string(), &mut split);
+        string::encode(RESOURCE_NAMES, &"b".to_string(), &mut split);
+        let read = SotwRequest::decode_frame(Bytes::from(split)).unwrap();
+        assert_eq!(read.names().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(read.type_url, "t");
+        for malformed in [&[0x1a, 0x05, b'a'][..], &[0x18, 0x01]] {
+            assert!(SotwRequest::decode_frame(Bytes::copy_from_slice(malformed)).is_err());
+        }
     }
 
     #[test]
