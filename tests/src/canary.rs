@@ -357,8 +357,13 @@ impl CanaryMesh {
 
     /// Envoy's admin `/stats` (read from inside the client pod).
     pub fn envoy_stats(&self) -> Result<String> {
-        let args = self.client_args("http://127.0.0.1:15000/stats", None, &[]);
-        let mut args = args;
+        self.envoy_admin("/stats")
+    }
+
+    /// A page of Envoy's admin interface, e.g. `/config_dump?resource=dynamic_route_configs`.
+    pub fn envoy_admin(&self, path: &str) -> Result<String> {
+        let url = format!("http://127.0.0.1:15000{path}");
+        let mut args = self.client_args(&url, None, &[]);
         args.push("--print-body".into());
         self.client
             .run_ok(&args, Some(APP_USER), Duration::from_secs(10))

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 /// One mesh at a time: each runs Envoy, meshpilot and thousands of requests on two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+const REVIEWS_V1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
+
 fn options(xds_api: XdsApi, tls: bool, prefix: &'static str) -> CanaryOptions {
     CanaryOptions {
         xds_api,
@@ -72,6 +74,51 @@ fn await_route_update(mesh: &CanaryMesh, before: u64, limit: Duration) -> Result
     }
     anyhow::bail!(
         "Envoy accepted no new route config within {limit:?}\n{}",
+        mesh.logs()
+    )
+}
+
+/// The weight Envoy's active route config gives `cluster`, if some route splits to it.
+fn route_weight(mesh: &CanaryMesh, cluster: &str) -> Result<Option<u64>> {
+    fn find(value: &serde_json::Value, cluster: &str) -> Option<u64> {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.get("name").and_then(|n| n.as_str()) == Some(cluster)
+                    && let Some(weight) = map.get("weight")
+                {
+                    return weight.as_u64();
+                }
+                map.values().find_map(|v| find(v, cluster))
+            }
+            serde_json::Value::Array(items) => items.iter().find_map(|v| find(v, cluster)),
+            _ => None,
+        }
+    }
+    let dump = mesh.envoy_admin("/config_dump?resource=dynamic_route_configs")?;
+    let json: serde_json::Value = serde_json::from_str(dump.trim())
+        .map_err(|e| anyhow::anyhow!("Envoy's route config dump is not JSON: {e}"))?;
+    Ok(find(&json, cluster))
+}
+
+/// Polls until Envoy routes `weight` to `cluster` (content, not an update count: a
+/// reconnect's own resend can land at any moment).
+fn await_route_weight(
+    mesh: &CanaryMesh,
+    cluster: &str,
+    weight: u64,
+    limit: Duration,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < limit {
+        last = route_weight(mesh, cluster)?;
+        if last == Some(weight) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!(
+        "Envoy did not route weight {weight} to {cluster} within {limit:?} (last seen {last:?})\n{}",
         mesh.logs()
     )
 }
@@ -138,6 +185,7 @@ fn full_scenario(xds_api: XdsApi, prefix: &'static str) -> Result<()> {
     mesh.write_mesh_file("reviews-canary.yaml", &fixture("reviews-50-50.yaml")?)?;
     let took = await_route_update(&mesh, before, Duration::from_secs(5))?;
     assert!(took <= Duration::from_secs(2), "50/50 took {took:?}");
+    await_route_weight(&mesh, REVIEWS_V1, 50, Duration::from_secs(2))?;
     let tally = mesh.requests(2000, &[])?;
     assert_all_ok(&tally, 2000);
     assert_binomial(tally.count("v2"), 2000, 0.5, "v2 share at 50/50");
@@ -174,9 +222,8 @@ fn full_scenario(xds_api: XdsApi, prefix: &'static str) -> Result<()> {
     // Restarted, it is reconnected to and its config flows again.
     mesh.start_control_plane()?;
     await_connected(&mesh, true, Duration::from_secs(30))?;
-    let before = route_updates(&mesh)?;
     mesh.write_mesh_file("reviews-canary.yaml", &example("reviews-canary.yaml")?)?;
-    await_route_update(&mesh, before, Duration::from_secs(10))?;
+    await_route_weight(&mesh, REVIEWS_V1, 90, Duration::from_secs(10))?;
     let tally = mesh.requests(1000, &[])?;
     assert_all_ok(&tally, 1000);
     assert_binomial(tally.count("v2"), 1000, 0.1, "v2 share after reconnecting");
