@@ -18,9 +18,9 @@
 use crate::request::{SotwRequest, fingerprint_names};
 use crate::resources::{NameSet, Resource, ResourceCache, Resources, SetDiff};
 use crate::response::{Batch, DeltaResponse, SotwResponse};
-use crate::types::{ResourceType, TypeSet, affected_types};
+use crate::types::{ResourceType, TypeSet};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use meshpilot_model::{ChangeSet, ObjectKey, Proxy};
+use meshpilot_model::{ObjectKey, Proxy};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -193,6 +193,11 @@ impl Connection {
 
     pub fn proxy(&self) -> &Proxy {
         &self.proxy
+    }
+
+    /// The proxy's own pod: when it changes, every type is recomputed for this proxy.
+    pub fn pod_key(&self) -> &ObjectKey {
+        &self.pod_key
     }
 
     pub fn flavor(&self) -> Flavor {
@@ -369,14 +374,11 @@ impl Connection {
 
     // ---- pushes -------------------------------------------------------------------------
 
-    /// A new snapshot was published. `changes` is everything that changed since the snapshot
-    /// this connection last saw, or `None` when that is unknown (then every type is checked).
-    pub fn on_push(&mut self, ctx: &PushContext, changes: Option<&ChangeSet>) -> Vec<Outgoing> {
+    /// A new snapshot was published. `affected` are the types that can differ for this proxy
+    /// from the snapshot it last saw ([`crate::Published::affected_since`]); the others are
+    /// not looked at.
+    pub fn on_push(&mut self, ctx: &PushContext, affected: TypeSet) -> Vec<Outgoing> {
         self.refresh_proxy(ctx);
-        let affected = match changes {
-            Some(c) if !c.pods.contains(&self.pod_key) => affected_types(c, ctx.cache.snapshot()),
-            _ => TypeSet::ALL,
-        };
         let mut out = Vec::new();
         for kind in ResourceType::PUSH_ORDER {
             let url = kind.type_url();

@@ -2,7 +2,8 @@
 //! that hands each new snapshot, its resource cache and recent change history to connections.
 
 use crate::resources::ResourceCache;
-use meshpilot_model::{ChangeSet, Snapshot};
+use crate::types::{TypeSet, affected_types};
+use meshpilot_model::{ChangeSet, ObjectKey, Snapshot};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -96,7 +97,16 @@ pub struct Published {
     pub cache: Arc<ResourceCache>,
     /// When this state was published: the start of `pilot_proxy_convergence_time`.
     pub published_at: Instant,
-    history: VecDeque<(u64, Arc<ChangeSet>)>,
+    history: VecDeque<HistoryEntry>,
+}
+
+/// One published change set, with the types it can affect for any proxy (decided once per
+/// publish, not once per connection).
+#[derive(Clone)]
+struct HistoryEntry {
+    version: u64,
+    changes: Arc<ChangeSet>,
+    affected: TypeSet,
 }
 
 impl Published {
@@ -104,35 +114,32 @@ impl Published {
         self.cache.snapshot()
     }
 
-    /// Everything that changed after `version` up to this one, when the history still covers it.
-    /// A connection one version behind (the usual case) shares the published change set.
-    pub fn changes_since(&self, version: u64) -> Option<Arc<ChangeSet>> {
+    /// The types a push from `version` to this one must recompute for the proxy of `pod`: what
+    /// the newer change sets can affect for any proxy, or every type when one of them touched
+    /// the proxy's own pod (its labels and service targets shape all of its config) or when the
+    /// history no longer reaches back to `version`.
+    pub fn affected_since(&self, version: u64, pod: &ObjectKey) -> TypeSet {
         if version >= self.version {
-            return Some(Arc::default());
+            return TypeSet::default();
         }
-        let oldest = self.history.front().map(|(v, _)| *v)?;
-        if version + 1 < oldest {
-            return None;
+        match self.history.front() {
+            Some(oldest) if version + 1 >= oldest.version => {}
+            _ => return TypeSet::ALL,
         }
-        let mut newer = self.history.iter().filter(|(v, _)| *v > version);
-        match (newer.next(), newer.next()) {
-            (Some((_, only)), None) => Some(only.clone()),
-            _ => {
-                let mut merged = ChangeSet::default();
-                for (v, changes) in &self.history {
-                    if *v > version {
-                        merged.merge((**changes).clone());
-                    }
-                }
-                Some(Arc::new(merged))
+        let mut affected = TypeSet::default();
+        for entry in self.history.iter().filter(|e| e.version > version) {
+            if entry.changes.pods.contains(pod) {
+                return TypeSet::ALL;
             }
+            affected = affected.union(entry.affected);
         }
+        affected
     }
 }
 
 pub struct Publisher {
     sender: watch::Sender<Arc<Published>>,
-    history: VecDeque<(u64, Arc<ChangeSet>)>,
+    history: VecDeque<HistoryEntry>,
 }
 
 impl Publisher {
@@ -167,12 +174,18 @@ impl Publisher {
     pub fn publish(&mut self, snapshot: Snapshot, changes: ChangeSet) {
         let version = snapshot.version;
         let previous = self.current();
-        let cache = previous.cache.next(Arc::new(snapshot), &changes);
+        let snapshot = Arc::new(snapshot);
+        let affected = affected_types(&changes, &snapshot);
+        let cache = previous.cache.next(snapshot, &changes, affected);
         // Only a service going away leaves assignments nobody can ask for.
         if !changes.services.is_empty() {
             cache.prune_endpoints();
         }
-        self.history.push_back((version, Arc::new(changes)));
+        self.history.push_back(HistoryEntry {
+            version,
+            affected,
+            changes: Arc::new(changes),
+        });
         while self.history.len() > HISTORY {
             self.history.pop_front();
         }
@@ -260,16 +273,57 @@ mod tests {
     }
 
     #[test]
-    fn history_merges_missed_versions() {
+    fn a_connection_behind_looks_at_what_every_missed_version_affects() {
+        use crate::types::ResourceType;
         let mut index = meshpilot_model::Index::default();
         let (mut publisher, _rx) = Publisher::new(index.snapshot());
+        let first = publisher.current().version;
         publisher.publish(index.snapshot(), change("a"));
-        publisher.publish(index.snapshot(), change("b"));
+        publisher.publish(index.snapshot(), config_change("r"));
         let current = publisher.current();
-        assert_eq!(current.version, 3);
-        let since_1 = current.changes_since(1).unwrap();
-        assert_eq!(since_1.endpoints.len(), 2);
-        assert_eq!(current.changes_since(2).unwrap().endpoints.len(), 1);
-        assert!(current.changes_since(3).unwrap().is_empty());
+        let pod = ObjectKey::new("default", "productpage");
+        let mut endpoints = TypeSet::default();
+        endpoints.insert(ResourceType::Endpoint);
+        let mut listeners_routes = TypeSet::default();
+        listeners_routes.insert(ResourceType::Listener);
+        listeners_routes.insert(ResourceType::Route);
+        assert_eq!(
+            current.affected_since(first, &pod),
+            endpoints.union(listeners_routes)
+        );
+        assert_eq!(current.affected_since(first + 1, &pod), listeners_routes);
+        assert!(current.affected_since(current.version, &pod).is_empty());
+        // Older than the history reaches: everything.
+        for _ in 0..HISTORY {
+            publisher.publish(index.snapshot(), change("b"));
+        }
+        assert_eq!(
+            publisher.current().affected_since(first, &pod),
+            TypeSet::ALL
+        );
+    }
+
+    #[test]
+    fn a_change_to_the_proxys_own_pod_affects_every_type() {
+        let mut index = meshpilot_model::Index::default();
+        let (mut publisher, _rx) = Publisher::new(index.snapshot());
+        let first = publisher.current().version;
+        let pod = ObjectKey::new("default", "productpage");
+        publisher.publish(
+            index.snapshot(),
+            ChangeSet {
+                pods: [pod.clone()].into(),
+                ..Default::default()
+            },
+        );
+        publisher.publish(index.snapshot(), change("a"));
+        let current = publisher.current();
+        assert_eq!(current.affected_since(first, &pod), TypeSet::ALL);
+        // Other proxies look only at what the endpoint change affects.
+        let mut endpoints = TypeSet::default();
+        endpoints.insert(crate::types::ResourceType::Endpoint);
+        let other = ObjectKey::new("default", "reviews-v1");
+        assert_eq!(current.affected_since(first, &other), endpoints);
+        assert_eq!(current.affected_since(first + 1, &pod), endpoints);
     }
 }

@@ -17,7 +17,7 @@
 //! at, and the difference between two sets is computed once per snapshot and shared. A
 //! connection therefore holds a few pointers per type, not a copy of every name it was sent.
 
-use crate::types::ResourceType;
+use crate::types::{ResourceType, TypeSet};
 use bytes::Bytes;
 use dashmap::DashMap;
 use envoy_types::pb::google::protobuf::Any;
@@ -485,10 +485,9 @@ impl ResourceCache {
     }
 
     /// The cache for the next snapshot: keeps each type's entries when `changes` cannot have
-    /// affected them; endpoint assignments are always kept and revalidated on use.
-    pub fn next(&self, snapshot: Arc<Snapshot>, changes: &ChangeSet) -> Self {
+    /// `affected` them; endpoint assignments are always kept and revalidated on use.
+    pub fn next(&self, snapshot: Arc<Snapshot>, changes: &ChangeSet, affected: TypeSet) -> Self {
         let mut next = ResourceCache::new(snapshot);
-        let affected = crate::types::affected_types(changes, &next.snapshot);
         if !affected.contains(ResourceType::Cluster) {
             next.clusters = self.clusters.clone();
         }
@@ -805,7 +804,9 @@ mod tests {
             &[("svc-1-v1-0", "10.130.0.3")],
         )));
         assert!(changes.is_workloads_only());
-        let after = before.next(Arc::new(index.snapshot()), &changes);
+        let snapshot = Arc::new(index.snapshot());
+        let affected = crate::types::affected_types(&changes, &snapshot);
+        let after = before.next(snapshot, &changes, affected);
         let new = after.endpoints(&client, &names);
         for (o, n) in old.iter().zip(new.iter()) {
             let touched = n.name.ends_with("|svc-1.ns-1.svc.cluster.local");

@@ -294,10 +294,10 @@ async fn serve_stream(
                         return Err(Status::unavailable("control plane shutting down"));
                     }
                     let next = published.borrow_and_update().clone();
-                    let changes = next.changes_since(current.version);
+                    let affected = next.affected_since(current.version, connection.pod_key());
                     current = next;
                     let started = Instant::now();
-                    let out = connection.on_push(&context(&current), changes.as_deref());
+                    let out = connection.on_push(&context(&current), affected);
                     let computed = started.elapsed();
                     if !out.is_empty() || connection.owes_push() {
                         // Converged once nothing for this (or an earlier) publish is owed.

@@ -78,6 +78,10 @@ impl TypeSet {
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+
+    pub fn union(self, other: TypeSet) -> TypeSet {
+        TypeSet(self.0 | other.0)
+    }
 }
 
 /// Which types a change can affect for any proxy (istiod's rule, applied per kind):
@@ -86,7 +90,7 @@ impl TypeSet {
 /// CDS, EDS (subset labels) and RDS (hash policies). A pod change reaches other proxies only
 /// through the endpoints of the services selecting it (the index reports those hosts), so by
 /// itself it affects nothing here; the pod's own proxy recomputes every type (its labels and
-/// service targets shape its config), which [`crate::Connection::on_push`] decides.
+/// service targets shape its config), which [`crate::Published::affected_since`] decides.
 pub fn affected_types(changes: &ChangeSet, snapshot: &Snapshot) -> TypeSet {
     if !changes.services.is_empty() {
         return TypeSet::ALL;

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
 const V1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
 const V2: &str = "outbound|9080|v2|reviews.default.svc.cluster.local";
+const PRODUCTPAGE_POD: &str = "productpage";
 
 struct Mesh {
     index: Index,
@@ -30,7 +31,7 @@ impl Mesh {
         let mut index = mk_reviews_index(&["v1", "v2"]);
         index.apply(Object::Pod(mk_pod(
             "default",
-            "productpage",
+            PRODUCTPAGE_POD,
             "10.244.1.20",
             &[("app", "productpage")],
         )));
@@ -52,15 +53,18 @@ impl Mesh {
         }
     }
 
-    /// Applies objects, publishes, and returns the changes.
-    fn change(&mut self, objects: Vec<Object>) -> ChangeSet {
-        let mut changes = ChangeSet::default();
+    /// Applies objects, publishes, and returns the types the push must look at for the
+    /// productpage sidecar (as the server asks the published state).
+    fn change(&mut self, objects: Vec<Object>) -> TypeSet {
+        let before = self.publisher.current().version;
+        let mut changes = meshpilot_model::ChangeSet::default();
         for o in objects {
             changes.merge(self.index.apply(o));
         }
+        self.publisher.publish(self.index.snapshot(), changes);
         self.publisher
-            .publish(self.index.snapshot(), changes.clone());
-        changes
+            .current()
+            .affected_since(before, &ObjectKey::new("default", PRODUCTPAGE_POD))
     }
 }
 
@@ -187,18 +191,18 @@ fn unchanged_config_pushes_nothing() {
     let mut mesh = Mesh::new();
     let (mut c, _) = synced_sotw(&mesh);
     // Re-applying identical objects changes nothing; even a forced full push finds no diff.
-    let changes = mesh.change(vec![vs(90, 10)]);
-    assert!(changes.is_empty());
-    assert!(c.on_push(&mesh.ctx(), None).is_empty());
+    let affected = mesh.change(vec![vs(90, 10)]);
+    assert!(affected.is_empty());
+    assert!(c.on_push(&mesh.ctx(), TypeSet::ALL).is_empty());
 }
 
 #[test]
 fn nack_is_counted_and_never_resent() {
     let mut mesh = Mesh::new();
     let (mut c, _) = synced_sotw(&mesh);
-    let changes = mesh.change(vec![vs(50, 50)]);
+    let affected = mesh.change(vec![vs(50, 50)]);
     let ctx = mesh.ctx();
-    let rds = one(c.on_push(&ctx, Some(&changes)));
+    let rds = one(c.on_push(&ctx, affected));
     assert_eq!(rds.type_url, ROUTE);
     // The proxy rejects it: logged, counted, nothing resent.
     assert!(
@@ -217,12 +221,12 @@ fn nack_is_counted_and_never_resent() {
             .is_empty()
     );
     assert!(
-        c.on_push(&ctx, None).is_empty(),
+        c.on_push(&ctx, TypeSet::ALL).is_empty(),
         "same config is not resent"
     );
     // A newer change is pushed.
-    let changes = mesh.change(vec![vs(70, 30)]);
-    let next = one(c.on_push(&mesh.ctx(), Some(&changes)));
+    let affected = mesh.change(vec![vs(70, 30)]);
+    let next = one(c.on_push(&mesh.ctx(), affected));
     assert_eq!(next.type_url, ROUTE);
     assert_ne!(next.nonce, rds.nonce);
 }
@@ -231,9 +235,9 @@ fn nack_is_counted_and_never_resent() {
 fn stale_nonce_is_ignored() {
     let mut mesh = Mesh::new();
     let (mut c, nonces) = synced_sotw(&mesh);
-    let changes = mesh.change(vec![vs(50, 50)]);
+    let affected = mesh.change(vec![vs(50, 50)]);
     let ctx = mesh.ctx();
-    let rds = one(c.on_push(&ctx, Some(&changes)));
+    let rds = one(c.on_push(&ctx, affected));
     // A request echoing the previous RDS nonce is stale: no answer, still pending.
     assert!(
         c.on_sotw_request(sotw(ROUTE, &["9080"], &nonces[ROUTE]), &ctx)
@@ -251,11 +255,11 @@ fn stale_nonce_is_ignored() {
 fn at_most_one_unacked_push_per_type() {
     let mut mesh = Mesh::new();
     let (mut c, _) = synced_sotw(&mesh);
-    let changes = mesh.change(vec![vs(50, 50)]);
-    let first = one(c.on_push(&mesh.ctx(), Some(&changes)));
-    let changes = mesh.change(vec![vs(60, 40)]);
+    let affected = mesh.change(vec![vs(50, 50)]);
+    let first = one(c.on_push(&mesh.ctx(), affected));
+    let affected = mesh.change(vec![vs(60, 40)]);
     assert!(
-        c.on_push(&mesh.ctx(), Some(&changes)).is_empty(),
+        c.on_push(&mesh.ctx(), affected).is_empty(),
         "held back while the first is un-ACKed"
     );
     let owed = one(c.on_sotw_request(sotw(ROUTE, &["9080"], &first.nonce), &mesh.ctx()));
@@ -266,14 +270,16 @@ fn at_most_one_unacked_push_per_type() {
 fn endpoint_change_is_an_eds_only_push_of_changed_clusters() {
     let mut mesh = Mesh::new();
     let (mut c, _) = synced_sotw(&mesh);
-    let changes = mesh.change(vec![Object::EndpointSlice(mk_slice(
+    let affected = mesh.change(vec![Object::EndpointSlice(mk_slice(
         "default",
         "reviews",
         &[("http", 9080)],
         &[("reviews-v1", "10.244.1.11")],
     ))]);
-    assert!(changes.is_endpoints_only());
-    let eds = one(c.on_push(&mesh.ctx(), Some(&changes)));
+    let mut endpoints_only = TypeSet::default();
+    endpoints_only.insert(ResourceType::Endpoint);
+    assert_eq!(affected, endpoints_only);
+    let eds = one(c.on_push(&mesh.ctx(), affected));
     assert_eq!(eds.type_url, ENDPOINT);
     // v1 is unchanged (same endpoint); only v2 (now empty) is sent.
     assert_eq!(names_of_assignments(&eds), [V2]);
@@ -319,13 +325,13 @@ fn repeated_and_reordered_name_lists_are_the_same_subscription() {
 fn cds_push_rewarms_endpoints_on_the_next_eds_request() {
     let mut mesh = Mesh::new();
     let (mut c, _) = synced_sotw(&mesh);
-    let changes = mesh.change(vec![mk_destination_rule(
+    let affected = mesh.change(vec![mk_destination_rule(
         "default",
         "reviews",
         "host: reviews\ntrafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\nsubsets:\n- {name: v1, labels: {version: v1}}\n- {name: v2, labels: {version: v2}}\n",
     )]);
     let ctx = mesh.ctx();
-    let out = c.on_push(&ctx, Some(&changes));
+    let out = c.on_push(&ctx, affected);
     let types: Vec<&str> = out.iter().map(Outgoing::type_url).collect();
     assert_eq!(types[0], CLUSTER, "CDS goes first: {types:?}");
     assert!(
@@ -367,7 +373,7 @@ fn delta_reconnect_with_initial_versions_sends_only_differences() {
         .map(|r| (r.name.clone(), r.version.clone()))
         .collect();
     // The control plane restarts and the mesh loses the v2 subset meanwhile.
-    let changes = mesh.change(vec![
+    let affected = mesh.change(vec![
         mk_destination_rule(
             "default",
             "reviews",
@@ -375,7 +381,7 @@ fn delta_reconnect_with_initial_versions_sends_only_differences() {
         ),
         vs(100, 0),
     ]);
-    assert!(!changes.is_empty());
+    assert!(!affected.is_empty());
     let mut again = connection(Flavor::Delta);
     let resumed = delta_one(again.on_delta_request(
         DeltaDiscoveryRequest {
@@ -481,8 +487,8 @@ fn delta_nack_keeps_state_and_does_not_loop() {
         },
         &ctx,
     );
-    let changes = mesh.change(vec![vs(10, 90)]);
-    let push = delta_one(c.on_push(&mesh.ctx(), Some(&changes)));
+    let affected = mesh.change(vec![vs(10, 90)]);
+    let push = delta_one(c.on_push(&mesh.ctx(), affected));
     let rejected = DeltaDiscoveryRequest {
         type_url: ROUTE.into(),
         response_nonce: push.nonce.clone(),
@@ -522,7 +528,7 @@ fn delta_wildcard_removal_is_reported() {
         },
         &mesh.ctx(),
     );
-    let changes = mesh.change(vec![
+    let affected = mesh.change(vec![
         mk_destination_rule(
             "default",
             "reviews",
@@ -530,7 +536,7 @@ fn delta_wildcard_removal_is_reported() {
         ),
         vs(100, 0),
     ]);
-    let out = c.on_push(&mesh.ctx(), Some(&changes));
+    let out = c.on_push(&mesh.ctx(), affected);
     let Outgoing::Delta(cds) = &out[0] else {
         panic!("delta expected")
     };
