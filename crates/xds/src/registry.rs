@@ -5,7 +5,7 @@
 use crate::connection::{Connection, Flavor, Held, Watch};
 use crate::publish::Published;
 use crate::resources::NameSet;
-use crate::types::ResourceType;
+use crate::types::{ResourceType, TypeSet};
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::core::v3::Locality;
 use meshpilot_model::Proxy;
@@ -106,18 +106,22 @@ pub struct ConnectionStatus {
 
 impl ConnectionStatus {
     /// Brings the entry up to the connection's state after a request or push, copying only
-    /// what changed.
+    /// what changed: the watches of the `touched` types (`None`: every type), and all of them
+    /// when a watch came or went. Only a proxy's labels change while it is connected.
     pub fn refresh(
         &mut self,
         connection: &Connection,
+        touched: Option<TypeSet>,
         sent_at: &BTreeMap<String, SystemTime>,
         pushed_from: &Arc<Published>,
         last_push: Option<SystemTime>,
     ) {
-        if self.proxy != *connection.proxy() {
+        if self.proxy.labels != connection.proxy().labels {
             self.proxy.clone_from(connection.proxy());
         }
-        for (url, watch) in connection.watches() {
+        let watches = connection.watches();
+        let all = touched.is_none() || self.watches.len() != watches.len();
+        let mut refresh = |url: &String, watch: &Watch| {
             let sent_at = sent_at.get(url).copied();
             match self.watches.get_mut(url) {
                 Some(status) => status.refresh(watch, sent_at),
@@ -126,10 +130,26 @@ impl ConnectionStatus {
                         .insert(url.clone(), WatchStatus::of(watch, sent_at));
                 }
             }
+        };
+        match touched {
+            Some(types) if !all => {
+                for kind in ResourceType::PUSH_ORDER
+                    .into_iter()
+                    .filter(|k| types.contains(*k))
+                {
+                    if let Some((url, watch)) = watches.get_key_value(kind.type_url()) {
+                        refresh(url, watch);
+                    }
+                }
+            }
+            _ => {
+                for (url, watch) in watches {
+                    refresh(url, watch);
+                }
+            }
         }
-        if self.watches.len() != connection.watches().len() {
-            self.watches
-                .retain(|url, _| connection.watches().contains_key(url));
+        if self.watches.len() != watches.len() {
+            self.watches.retain(|url, _| watches.contains_key(url));
         }
         if !Arc::ptr_eq(&self.pushed_from, pushed_from) {
             self.pushed_from = pushed_from.clone();
@@ -389,6 +409,53 @@ mod tests {
             pushed_from: published(),
             last_push: Some(SystemTime::UNIX_EPOCH),
         }
+    }
+
+    #[test]
+    fn a_refresh_copies_the_touched_watches_and_all_of_them_when_one_is_new() {
+        use crate::connection::PushContext;
+        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+        let published = published();
+        let ctx = PushContext {
+            cache: published.cache.clone(),
+            version_info: published.version_info.clone(),
+        };
+        let proxy = Proxy::from_node(NODE, &ProxyMetadata::default()).unwrap();
+        let mut connection = Connection::new("c-1".into(), proxy, Flavor::Sotw, "meshpilot");
+        let request = |type_url: &str, nonce: &str| DiscoveryRequest {
+            type_url: type_url.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        };
+        let (cds, lds) = (type_urls::CLUSTER, type_urls::LISTENER);
+        let cds_nonce = connection.on_sotw_request(request(cds, ""), &ctx)[0]
+            .nonce()
+            .to_string();
+        let lds_nonce = connection.on_sotw_request(request(lds, ""), &ctx)[0]
+            .nonce()
+            .to_string();
+        let mut status = status("c-1", SystemTime::now());
+        status.watches.clear();
+        let times = BTreeMap::new();
+        status.refresh(
+            &connection,
+            Some(TypeSet::default()),
+            &times,
+            &published,
+            None,
+        );
+        assert_eq!(status.watches.len(), 2, "new watches are always copied");
+        assert_eq!(status.watches[cds].sent_nonce, cds_nonce);
+        assert_eq!(status.watches[lds].sent_nonce, lds_nonce);
+        connection.on_sotw_request(request(cds, &cds_nonce), &ctx);
+        connection.on_sotw_request(request(lds, &lds_nonce), &ctx);
+        let mut clusters = TypeSet::default();
+        clusters.insert(ResourceType::Cluster);
+        status.refresh(&connection, Some(clusters), &times, &published, None);
+        assert_eq!(status.watches[cds].acked_nonce, cds_nonce);
+        assert_eq!(status.watches[lds].acked_nonce, "", "untouched: not copied");
+        status.refresh(&connection, None, &times, &published, None);
+        assert_eq!(status.watches[lds].acked_nonce, lds_nonce);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
 use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus};
 use crate::request::SotwRequest;
+use crate::types::{ResourceType, TypeSet};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use meshpilot_model::{Proxy, ProxyMetadata};
@@ -92,6 +93,20 @@ impl Incoming {
             Incoming::Delta(r) => r.node.as_ref(),
         }
     }
+
+    fn type_url(&self) -> &str {
+        match self {
+            Incoming::Sotw(r) => &r.type_url,
+            Incoming::Delta(r) => &r.type_url,
+        }
+    }
+}
+
+/// Adds a type to the set of touched watches; a type outside the four makes it "any".
+fn touch(touched: Option<TypeSet>, type_url: &str) -> Option<TypeSet> {
+    let mut types = touched?;
+    types.insert(ResourceType::from_type_url(type_url)?);
+    Some(types)
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -267,10 +282,13 @@ async fn serve_stream(
     });
     let mut delivery = Delivery::default();
     let mut request = Some(first);
+    // The types whose watches the last request or push changed (`None`: maybe any).
+    let mut touched: Option<TypeSet>;
     loop {
         let (trigger, outgoing, computed) = if let Some(req) = request.take() {
             let started = Instant::now();
             let ctx = context(&current);
+            touched = touch(Some(TypeSet::default()), req.type_url());
             let out = match req {
                 Incoming::Sotw(r) => connection.on_sotw_request(r, &ctx),
                 Incoming::Delta(r) => connection.on_delta_request(r, &ctx),
@@ -297,6 +315,7 @@ async fn serve_stream(
                     let affected = next.affected_since(current.version, connection.pod_key());
                     current = next;
                     let started = Instant::now();
+                    touched = Some(TypeSet::default());
                     let out = connection.on_push(&context(&current), affected);
                     let computed = started.elapsed();
                     if !out.is_empty() || connection.owes_push() {
@@ -324,6 +343,7 @@ async fn serve_stream(
             log_push(&connection, trigger, &outgoing, computed);
         }
         for response in outgoing {
+            touched = touch(touched, response.type_url());
             let type_url = response.type_url().to_string();
             let bytes = response.resource_bytes();
             if sink.send(Ok(response)).await.is_err() {
@@ -346,7 +366,13 @@ async fn serve_stream(
             inner.metrics.observe_convergence(since.elapsed());
         }
         inner.registry.update(&connection.id, |status| {
-            status.refresh(&connection, &delivery.sent_at, &current, delivery.last_push);
+            status.refresh(
+                &connection,
+                touched,
+                &delivery.sent_at,
+                &current,
+                delivery.last_push,
+            );
         });
     }
 }
