@@ -427,16 +427,24 @@ fn cold(bench: &Bench, proxies: usize, flavor: &str) -> Result<Value> {
     Ok(report)
 }
 
-/// `churn` (and `stalled`, which is churn with fewer sidecars, plus clients that never read).
-fn churn(bench: &Bench, name: &str, proxies: usize, rate: usize, stalled: usize) -> Result<Value> {
+/// `churn` (and `stalled`, which is churn with fewer sidecars, plus clients that never read),
+/// with sidecars speaking `flavor`: `sotw`, or `delta` as stock sidecars do since Istio 1.22.
+fn churn(
+    bench: &Bench,
+    name: &str,
+    proxies: usize,
+    rate: usize,
+    stalled: usize,
+    flavor: &str,
+) -> Result<Value> {
     let dir = TempDir::fresh(bench.work.join(name))?;
     let mesh = dir.0.join("mesh");
     bench.generate(&mesh, &[])?;
     let mut server = Server::start(bench, &mesh, name)?;
     let timeout = connect_timeout(proxies);
     let (duration, settle) = (20, 30);
-    let mut args = strings(&["churn", "--xds", &server.grpc, "--metrics"]);
-    args.push(server.monitoring.clone());
+    let mut args = strings(&["churn", "--xds", &server.grpc, "--flavor", flavor]);
+    args.extend(["--metrics".to_string(), server.monitoring.clone()]);
     args.extend(strings(&["--mesh", &mesh.display().to_string()]));
     for (flag, value) in [
         ("--proxies", proxies),
@@ -535,8 +543,8 @@ fn restart(bench: &Bench, proxies: usize) -> Result<Value> {
 }
 
 fn stalled(bench: &Bench, proxies: usize) -> Result<Value> {
-    let without = churn(bench, "stalled-0", proxies, 50, 0)?;
-    let with = churn(bench, "stalled-20", proxies, 50, 20)?;
+    let without = churn(bench, "stalled-0", proxies, 50, 0, "sotw")?;
+    let with = churn(bench, "stalled-20", proxies, 50, 20, "sotw")?;
     Ok(json!({"without_stalled": without, "with_20_stalled": with}))
 }
 
@@ -653,12 +661,13 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
                 report.insert("cold".into(), json!(runs));
                 report.insert("rss_slope_kib_per_proxy".into(), json!(slope));
             }
-            "churn" => record(
-                &mut report,
-                &mut errors,
-                "churn",
-                churn(&bench, "churn", n(5000), 100, 0),
-            ),
+            "churn" => {
+                for (key, flavor) in [("churn", "sotw"), ("churn_delta", "delta")] {
+                    eprintln!("xtask: bench: churn ({flavor})");
+                    let result = churn(&bench, key, n(5000), 100, 0, flavor);
+                    record(&mut report, &mut errors, key, result);
+                }
+            }
             "vs-edit" => record(
                 &mut report,
                 &mut errors,
@@ -799,6 +808,12 @@ fn table(report: &Value) -> String {
     };
     if report["churn"].is_object() {
         out.push(churn_line("churn (write→EDS ack)", &report["churn"]));
+    }
+    if report["churn_delta"].is_object() {
+        out.push(churn_line(
+            "churn delta (write→EDS ack)",
+            &report["churn_delta"],
+        ));
     }
     let v = &report["vs_edit"];
     if v.is_object() {
