@@ -82,8 +82,9 @@ impl Outgoing {
 pub enum Held {
     /// Exactly a set this server sent (the usual case: shared with every proxy of its class).
     Set(Resources),
-    /// Name → version, as a delta client announced after reconnecting.
-    Versions(Arc<HashMap<Arc<str>, Arc<str>>>),
+    /// Name → version, as a delta client announced after reconnecting (the request's own map,
+    /// kept until the first reply).
+    Versions(Arc<HashMap<String, String>>),
 }
 
 impl Default for Held {
@@ -96,14 +97,14 @@ impl Held {
     pub fn names(&self) -> Vec<&str> {
         match self {
             Held::Set(set) => set.iter().map(|r| &*r.name).collect(),
-            Held::Versions(versions) => versions.keys().map(|n| &**n).collect(),
+            Held::Versions(versions) => versions.keys().map(String::as_str).collect(),
         }
     }
 
     fn version_of(&self, name: &str) -> Option<&str> {
         match self {
             Held::Set(set) => set.get(name).map(|r| &*r.version),
-            Held::Versions(versions) => versions.get(name).map(|v| &**v),
+            Held::Versions(versions) => versions.get(name).map(String::as_str),
         }
     }
 }
@@ -293,26 +294,22 @@ impl Connection {
                 .collect();
             watch.wildcard = kind.is_none_or(ResourceType::is_wildcard)
                 && (explicit.is_empty() || req.resource_names_subscribe.iter().any(|n| n == "*"));
-            // Versions the proxy already holds (after a reconnect) count as subscriptions.
-            let held_names = req.initial_resource_versions.keys().map(String::as_str);
-            if !watch.wildcard && req.initial_resource_versions.is_empty() {
-                // Sidecars of one class subscribe to one list: build its set once.
-                let fingerprint = fingerprint_names(explicit.iter().copied());
-                watch.names = ctx
-                    .cache
-                    .intern_list(fingerprint, || NameSet::new(explicit));
-            } else if !watch.wildcard {
-                watch.names = ctx
-                    .cache
-                    .intern(NameSet::new(explicit.into_iter().chain(held_names)));
+            if !watch.wildcard {
+                // Versions the proxy already holds (after a reconnect) count as subscriptions.
+                // Those come from a map in no particular order: sorted, sidecars of one class
+                // name one list again, and its set is built once.
+                let reconnect = !req.initial_resource_versions.is_empty();
+                let mut names = explicit;
+                if reconnect {
+                    names.extend(req.initial_resource_versions.keys().map(String::as_str));
+                    names.sort_unstable();
+                    names.dedup();
+                }
+                let fingerprint = fingerprint_names(names.iter().copied());
+                watch.names = ctx.cache.intern_list(fingerprint, || NameSet::new(names));
             }
             if !req.initial_resource_versions.is_empty() {
-                watch.held = Held::Versions(Arc::new(
-                    req.initial_resource_versions
-                        .into_iter()
-                        .map(|(name, version)| (name.into(), version.into()))
-                        .collect(),
-                ));
+                watch.held = Held::Versions(Arc::new(req.initial_resource_versions));
             }
             return self.reply(&req.type_url, ctx, true, None);
         }

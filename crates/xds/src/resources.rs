@@ -266,21 +266,33 @@ pub struct SetDiff {
 }
 
 impl SetDiff {
-    /// `new` against what a proxy holds (`held(name)` is its version, if any).
+    /// `new` against what a proxy holds: `held(name)` is its version, if any, of `held_count`
+    /// distinct `held_names`. When every held name is in `new` (the usual case, found while
+    /// looking for changes) nothing was removed, and the held names are not looked up again.
     fn between<'a>(
         held: impl Fn(&str) -> Option<&'a str>,
+        held_count: usize,
         held_names: impl Iterator<Item = &'a str>,
         new: &ResourceSet,
     ) -> Self {
+        let mut still_held = 0;
         let changed = new
             .iter()
-            .filter(|r| held(&r.name) != Some(&*r.version))
+            .filter(|r| {
+                let version = held(&r.name);
+                still_held += usize::from(version.is_some());
+                version != Some(&*r.version)
+            })
             .cloned()
             .collect();
-        let removed = held_names
-            .filter(|n| new.get(n).is_none())
-            .map(Arc::from)
-            .collect();
+        let removed = if still_held == held_count {
+            Vec::new()
+        } else {
+            held_names
+                .filter(|n| new.get(n).is_none())
+                .map(Arc::from)
+                .collect()
+        };
         SetDiff { changed, removed }
     }
 
@@ -685,6 +697,7 @@ impl ResourceCache {
         let diff = Arc::new(SetDiff::aligned(old, new).unwrap_or_else(|| {
             SetDiff::between(
                 |name| old.get(name).map(|r| &*r.version),
+                old.by_name.len(),
                 old.iter().map(|r| &*r.name),
                 new,
             )
@@ -701,10 +714,11 @@ impl ResourceCache {
     }
 
     /// What a proxy holding these versions (a delta reconnect) lacks of `new`; not shared.
-    pub fn diff_versions(&self, held: &HashMap<Arc<str>, Arc<str>>, new: &ResourceSet) -> SetDiff {
+    pub fn diff_versions(&self, held: &HashMap<String, String>, new: &ResourceSet) -> SetDiff {
         SetDiff::between(
-            |name| held.get(name).map(|v| &**v),
-            held.keys().map(|n| &**n),
+            |name| held.get(name).map(String::as_str),
+            held.len(),
+            held.keys().map(String::as_str),
             new,
         )
     }
@@ -851,5 +865,36 @@ mod tests {
         assert_eq!(diff.removed, [Arc::from("gone")]);
         assert!(Arc::ptr_eq(&diff, &cache.diff(&old, &new)));
         assert!(cache.diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn versions_a_reconnecting_proxy_holds_diff_against_the_current_set() {
+        let r = |name: &str, body: &str| {
+            Resource::encode(
+                name,
+                &envoy_types::pb::google::protobuf::StringValue { value: body.into() },
+            )
+        };
+        let cache = ResourceCache::new(Arc::new(mk_mesh(2, 1, 0, 0).snapshot()));
+        let (a, b) = (r("a", "1"), r("b", "1"));
+        let current = ResourceSet::new(vec![a.clone(), b.clone()]);
+        let held = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let same = held(&[("a", &a.version), ("b", &b.version)]);
+        assert!(cache.diff_versions(&same, &current).is_empty());
+        // Everything held is still there, one version is stale, one resource is new.
+        let diff = cache.diff_versions(&held(&[("a", "old")]), &current);
+        let changed: Vec<&str> = diff.changed.iter().map(|r| &*r.name).collect();
+        assert_eq!(changed, ["a", "b"]);
+        assert!(diff.removed.is_empty());
+        // Held names the set no longer has are removed, even with as many names as the set.
+        let diff = cache.diff_versions(&held(&[("a", &a.version), ("gone", "1")]), &current);
+        let changed: Vec<&str> = diff.changed.iter().map(|r| &*r.name).collect();
+        assert_eq!(changed, ["b"]);
+        assert_eq!(diff.removed, [Arc::from("gone")]);
     }
 }

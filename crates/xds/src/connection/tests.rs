@@ -355,6 +355,51 @@ fn unknown_type_gets_an_empty_answer() {
 }
 
 #[test]
+fn delta_reconnects_naming_the_same_held_assignments_share_one_subscription() {
+    let mesh = Mesh::new();
+    let ctx = mesh.ctx();
+    let mut first = connection(Flavor::Delta);
+    let default = format!("outbound|9080||{REVIEWS}");
+    let eds = delta_one(first.on_delta_request(
+        DeltaDiscoveryRequest {
+            type_url: ENDPOINT.into(),
+            // In name order, as a reconnect's names are put.
+            resource_names_subscribe: vec![V1.into(), V2.into(), default],
+            ..Default::default()
+        },
+        &ctx,
+    ));
+    let held = || -> HashMap<String, String> {
+        eds.resources
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect()
+    };
+    assert_eq!(eds.resources.len(), 3);
+    let mut reconnected = Vec::new();
+    for _ in 0..2 {
+        let mut again = connection(Flavor::Delta);
+        let out = delta_one(again.on_delta_request(
+            DeltaDiscoveryRequest {
+                type_url: ENDPOINT.into(),
+                initial_resource_versions: held(),
+                ..Default::default()
+            },
+            &ctx,
+        ));
+        assert!(out.resources.is_empty(), "the proxy holds every version");
+        assert!(out.removed_resources.is_empty());
+        reconnected.push(again.watches()[ENDPOINT].names.clone());
+    }
+    // Two maps of the same names (each in its own order) and the first subscription: one set.
+    assert!(Arc::ptr_eq(&reconnected[0], &reconnected[1]));
+    assert!(Arc::ptr_eq(
+        &reconnected[0],
+        &first.watches()[ENDPOINT].names
+    ));
+}
+
+#[test]
 fn delta_reconnect_with_initial_versions_sends_only_differences() {
     let mut mesh = Mesh::new();
     let ctx = mesh.ctx();
