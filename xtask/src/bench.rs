@@ -507,15 +507,16 @@ fn vs_edit(bench: &Bench, proxies: usize) -> Result<Value> {
     Ok(report)
 }
 
-fn restart(bench: &Bench, proxies: usize) -> Result<Value> {
-    let name = "restart";
+/// `restart` with sidecars speaking `flavor`. Delta sidecars name the versions they hold when
+/// they reconnect, so only what differs is resent; SotW sidecars are sent everything again.
+fn restart(bench: &Bench, name: &str, proxies: usize, flavor: &str) -> Result<Value> {
     let dir = TempDir::fresh(bench.work.join(name))?;
     let mesh = dir.0.join("mesh");
     bench.generate(&mesh, &[])?;
     let mut server = Server::start(bench, &mesh, name)?;
     let timeout = connect_timeout(proxies);
-    let mut args = strings(&["restart", "--xds", &server.grpc, "--metrics"]);
-    args.push(server.monitoring.clone());
+    let mut args = strings(&["restart", "--xds", &server.grpc, "--flavor", flavor]);
+    args.extend(["--metrics".to_string(), server.monitoring.clone()]);
     args.extend(strings(&["--proxies", &proxies.to_string()]));
     args.extend(strings(&["--timeout-secs", &timeout.to_string()]));
     args.extend(strings(&["--resync-timeout-secs", &timeout.to_string()]));
@@ -674,12 +675,13 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
                 "vs_edit",
                 vs_edit(&bench, n(2000)),
             ),
-            "restart" => record(
-                &mut report,
-                &mut errors,
-                "restart",
-                restart(&bench, n(5000)),
-            ),
+            "restart" => {
+                for (key, flavor) in [("restart", "sotw"), ("restart_delta", "delta")] {
+                    eprintln!("xtask: bench: restart ({flavor})");
+                    let result = restart(&bench, key, n(5000), flavor);
+                    record(&mut report, &mut errors, key, result);
+                }
+            }
             "stalled" => record(
                 &mut report,
                 &mut errors,
@@ -810,10 +812,7 @@ fn table(report: &Value) -> String {
         out.push(churn_line("churn (write→EDS ack)", &report["churn"]));
     }
     if report["churn_delta"].is_object() {
-        out.push(churn_line(
-            "churn delta (write→EDS ack)",
-            &report["churn_delta"],
-        ));
+        out.push(churn_line("churn delta →EDS ack", &report["churn_delta"]));
     }
     let v = &report["vs_edit"];
     if v.is_object() {
@@ -828,11 +827,17 @@ fn table(report: &Value) -> String {
             by_type(&v["received_after_edit"]["responses_by_type"]),
         ));
     }
-    let r = &report["restart"];
-    if r.is_object() {
+    for (key, label) in [
+        ("restart", "restart (start→resync)"),
+        ("restart_delta", "restart delta →resync"),
+    ] {
+        let r = &report[key];
+        if !r.is_object() {
+            continue;
+        }
         out.push(format!(
-            "{:<22} {:>7} {:>11}  {:<22} not resynced {}, client nacks {}, server rejects {}, differing resources {} of {}",
-            "restart (start→resync)",
+            "{:<22} {:>7} {:>11}  {:<22} not resynced {}, client nacks {}, server rejects {}, differing resources {} of {}, bytes after restart {}",
+            label,
             r["connect"]["proxies"],
             complete(&r["connect"]),
             latency(&r["start_to_resynced_ms"]),
@@ -841,6 +846,7 @@ fn table(report: &Value) -> String {
             r["server_rejects_after_restart"],
             r["resources_differing"],
             r["resources_compared"],
+            r["received_after_restart"]["bytes_total"],
         ));
     }
     let s = &report["stalled"];

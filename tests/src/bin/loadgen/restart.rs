@@ -80,6 +80,7 @@ pub async fn run(f: Flags) -> Result<()> {
         )),
         Err(e) => json!(format!("{e:#}")),
     };
+    let received_after_restart = fleet.received_since(Some(restarted));
     fleet.drain();
     let report = json!({
         "scenario": "restart",
@@ -93,6 +94,7 @@ pub async fn run(f: Flags) -> Result<()> {
         "resources_compared": compared,
         "resources_differing": differing,
         "resources_missing_after": missing,
+        "received_after_restart": received_after_restart,
         "client_problems": fleet.problems(),
         "loadgen_cpu_seconds": own_cpu_seconds(),
         "loadgen_peak_rss_mib": crate::fleet::own_peak_rss_mib(),
