@@ -574,6 +574,7 @@ impl Index {
             version: self.version,
             domain: self.domain.clone(),
             services,
+            services_by_namespace: HashMap::new(),
             endpoints,
             pods: self
                 .pods
@@ -588,7 +589,7 @@ impl Index {
             wildcard_rules: Vec::new(),
             rejected,
         };
-        snapshot.index_rules();
+        snapshot.build_indexes();
         snapshot
     }
 }
@@ -679,6 +680,38 @@ mod tests {
     }
 
     const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+    #[test]
+    fn snapshot_lists_each_namespaces_services_in_hostname_order() {
+        let mut index = bookinfo();
+        index.apply(Object::Service(mk_service(
+            "default",
+            "details",
+            "10.96.0.20",
+            &[("http", 9080)],
+        )));
+        index.apply(Object::Service(mk_service(
+            "shop",
+            "cart",
+            "10.96.0.30",
+            &[("http", 80)],
+        )));
+        let snapshot = index.snapshot();
+        let hosts = |ns: &str| -> Vec<String> {
+            snapshot
+                .services_in(ns)
+                .map(|s| s.hostname.to_string())
+                .collect()
+        };
+        assert_eq!(
+            hosts("default"),
+            ["details.default.svc.cluster.local", REVIEWS]
+        );
+        assert_eq!(hosts("shop"), ["cart.shop.svc.cluster.local"]);
+        assert!(hosts("nowhere").is_empty());
+        let every: usize = ["default", "shop"].iter().map(|ns| hosts(ns).len()).sum();
+        assert_eq!(every, snapshot.services().count());
+    }
 
     #[test]
     fn joins_slice_endpoints_with_pod_labels() {

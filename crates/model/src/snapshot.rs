@@ -17,6 +17,9 @@ pub struct Snapshot {
     pub version: u64,
     pub domain: String,
     pub(crate) services: BTreeMap<Hostname, Arc<Service>>,
+    /// The same services by namespace, in hostname order: a proxy's own services are looked
+    /// up on every connect and CDS/LDS push, among its namespace's only.
+    pub(crate) services_by_namespace: HashMap<String, Vec<Arc<Service>>>,
     pub(crate) endpoints: HashMap<Hostname, Arc<Vec<Endpoint>>>,
     pub(crate) pods: BTreeMap<ObjectKey, Arc<Pod>>,
     pub(crate) pods_by_ip: HashMap<IpAddr, ObjectKey>,
@@ -32,8 +35,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the host index over `destination_rules` (which must already be in final order).
-    pub(crate) fn index_rules(&mut self) {
+    /// Builds the lookup indexes: services by namespace, and the host index over
+    /// `destination_rules` (which must already be in final order).
+    pub(crate) fn build_indexes(&mut self) {
+        self.services_by_namespace.clear();
+        for service in self.services.values() {
+            self.services_by_namespace
+                .entry(service.namespace.clone())
+                .or_default()
+                .push(service.clone());
+        }
         self.rules_by_host.clear();
         self.wildcard_rules.clear();
         for (i, rule) in self.destination_rules.iter().enumerate() {
@@ -51,6 +62,14 @@ impl Snapshot {
     /// Services sorted by hostname.
     pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.services.values()
+    }
+
+    /// The services of one namespace, in hostname order.
+    pub fn services_in(&self, namespace: &str) -> impl Iterator<Item = &Arc<Service>> {
+        self.services_by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
     }
 
     pub fn service(&self, hostname: &str) -> Option<&Arc<Service>> {

@@ -25,8 +25,8 @@ pub(crate) struct ServiceTarget {
 pub(crate) fn service_targets(snapshot: &Snapshot, proxy: &Proxy) -> Vec<ServiceTarget> {
     let pod = snapshot.pod(&proxy.namespace, &proxy.pod_name);
     let mut services: Vec<&Arc<Service>> = snapshot
-        .services()
-        .filter(|s| s.namespace == proxy.namespace && s.selects(&proxy.labels))
+        .services_in(&proxy.namespace)
+        .filter(|s| s.selects(&proxy.labels))
         .collect();
     services.sort_by(|a, b| {
         (a.creation_timestamp.as_deref().unwrap_or(""), &a.hostname)
