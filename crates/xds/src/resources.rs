@@ -839,14 +839,16 @@ mod tests {
         assert!(diff.removed.is_empty());
     }
 
+    /// A named resource whose version follows `body`.
+    fn r(name: &str, body: &str) -> Arc<Resource> {
+        Resource::encode(
+            name,
+            &envoy_types::pb::google::protobuf::StringValue { value: body.into() },
+        )
+    }
+
     #[test]
     fn diffs_name_changed_and_removed_resources_and_are_shared() {
-        let r = |name: &str, body: &str| {
-            Resource::encode(
-                name,
-                &envoy_types::pb::google::protobuf::StringValue { value: body.into() },
-            )
-        };
         let cache = ResourceCache::new(Arc::new(mk_mesh(2, 1, 0, 0).snapshot()));
         let same = r("same", "x");
         let old = Arc::new(ResourceSet::new(vec![
@@ -869,12 +871,6 @@ mod tests {
 
     #[test]
     fn versions_a_reconnecting_proxy_holds_diff_against_the_current_set() {
-        let r = |name: &str, body: &str| {
-            Resource::encode(
-                name,
-                &envoy_types::pb::google::protobuf::StringValue { value: body.into() },
-            )
-        };
         let cache = ResourceCache::new(Arc::new(mk_mesh(2, 1, 0, 0).snapshot()));
         let (a, b) = (r("a", "1"), r("b", "1"));
         let current = ResourceSet::new(vec![a.clone(), b.clone()]);
