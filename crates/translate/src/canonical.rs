@@ -130,6 +130,11 @@ fn canonicalize_any(bytes: &[u8]) -> Option<Vec<u8>> {
         .rsplit('/')
         .next()
         .and_then(|name| descriptor_pool().get_message_by_name(name));
+    // Its maps would go out in hash order: the type belongs in `dump::RENDERED_TYPES`.
+    debug_assert!(
+        inner.is_some() || type_url.is_empty(),
+        "{type_url} is not in the descriptor pool"
+    );
     let mut out = Vec::with_capacity(bytes.len());
     for field in &fields {
         match (field.number, &inner, field.payload) {

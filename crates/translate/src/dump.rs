@@ -15,6 +15,8 @@ use envoy_types::pb::envoy::admin::v3::{
 use envoy_types::util::pack_any;
 use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use prost_types::{FileDescriptorProto, FileDescriptorSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 /// The envoy-types descriptor set (envoy-types 0.7.7, `src/generated/types.bin`) without its
@@ -55,16 +57,78 @@ impl ResourceType {
     ];
 }
 
-/// The descriptor pool for every Envoy message, decoded once per process.
+/// Message types this code encodes canonically or renders as JSON: the four xDS resources,
+/// every extension the translator and the bootstrap pack into an `Any`, the admin config-dump
+/// wrappers and the bootstrap itself. The pool holds the files these are defined in and their
+/// imports, a third of the set; the rest (hundreds of extensions never emitted) would cost
+/// ~9 MB of heap for the life of every process.
+pub const RENDERED_TYPES: &[&str] = &[
+    "envoy.config.cluster.v3.Cluster",
+    "envoy.config.listener.v3.Listener",
+    "envoy.config.route.v3.RouteConfiguration",
+    "envoy.config.endpoint.v3.ClusterLoadAssignment",
+    "envoy.extensions.filters.http.cors.v3.Cors",
+    "envoy.extensions.filters.http.fault.v3.HTTPFault",
+    "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+    "envoy.extensions.filters.http.router.v3.Router",
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+    "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    "envoy.admin.v3.ConfigDump",
+    "envoy.config.bootstrap.v3.Bootstrap",
+];
+
+/// The descriptor pool for [`RENDERED_TYPES`], built once per process.
 pub fn descriptor_pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
-        DescriptorPool::decode(ENVOY_DESCRIPTORS).expect("the bundled Envoy descriptor set decodes")
+        let set = FileDescriptorSet::decode(ENVOY_DESCRIPTORS)
+            .expect("the bundled Envoy descriptor set decodes");
+        DescriptorPool::from_file_descriptor_set(FileDescriptorSet {
+            file: files_defining(set.file, RENDERED_TYPES),
+        })
+        .expect("the files defining the rendered types form a complete pool")
     })
 }
 
+/// The files that define `types`, with everything they import, in the set's order (imports
+/// come first there, as a pool needs them).
+fn files_defining(files: Vec<FileDescriptorProto>, types: &[&str]) -> Vec<FileDescriptorProto> {
+    let defines = |file: &FileDescriptorProto, full_name: &str| {
+        full_name
+            .strip_prefix(file.package())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|name| file.message_type.iter().any(|m| m.name() == name))
+    };
+    let by_name: HashMap<&str, &FileDescriptorProto> =
+        files.iter().map(|f| (f.name(), f)).collect();
+    let mut wanted = HashSet::new();
+    let mut pending: Vec<&str> = files
+        .iter()
+        .filter(|f| types.iter().any(|t| defines(f, t)))
+        .map(|f| f.name())
+        .collect();
+    while let Some(name) = pending.pop() {
+        if wanted.insert(name.to_string())
+            && let Some(file) = by_name.get(name)
+        {
+            pending.extend(file.dependency.iter().map(String::as_str));
+        }
+    }
+    files
+        .into_iter()
+        .filter(|f| wanted.contains(f.name()))
+        .collect()
+}
+
 /// prost-reflect's built-in pool of the `google.protobuf` well-known types: a few hundred KB,
-/// where the Envoy pool costs tens of MB of heap for as long as the process lives.
+/// where even the pruned Envoy pool costs a few MB of heap for as long as the process lives.
 fn well_known_pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(DescriptorPool::global)
@@ -206,5 +270,49 @@ mod tests {
         assert_eq!(c["connect_timeout"], "10s");
         // A set oneof member is printed even at its default value, as Envoy's admin does.
         assert_eq!(c["type"], "STATIC");
+    }
+
+    #[test]
+    fn the_pool_holds_the_rendered_types_and_leaves_the_rest_of_the_set_out() {
+        let pool = descriptor_pool();
+        for name in RENDERED_TYPES {
+            assert!(pool.get_message_by_name(name).is_some(), "{name}");
+        }
+        // Imports come along: a field type from another file resolves.
+        assert!(
+            pool.get_message_by_name("envoy.config.core.v3.Metadata")
+                .is_some()
+        );
+        let full = FileDescriptorSet::decode(ENVOY_DESCRIPTORS)
+            .unwrap()
+            .file
+            .len();
+        assert!(
+            pool.files().len() * 2 < full,
+            "{} of {full}",
+            pool.files().len()
+        );
+    }
+
+    #[test]
+    fn an_any_of_a_type_outside_the_pool_fails_to_render() {
+        // What makes the golden tests fail if the translator starts packing an unlisted type.
+        use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz;
+        let listener = envoy_types::pb::envoy::config::listener::v3::Listener {
+            listener_filters: vec![envoy_types::pb::envoy::config::listener::v3::ListenerFilter {
+                name: "ext_authz".into(),
+                config_type: Some(
+                    envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType::TypedConfig(
+                        pack_any(ExtAuthz::default()),
+                    ),
+                ),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            to_json(&listener),
+            Err(DumpError::Serialize { .. })
+        ));
     }
 }
