@@ -5,6 +5,7 @@ use crate::{
     Service, ServicePort, TargetPort,
 };
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub fn mk_labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -41,7 +42,7 @@ pub fn mk_pod(namespace: &str, name: &str, ip: &str, labels: &[(&str, &str)]) ->
         name: name.to_string(),
         namespace: namespace.to_string(),
         ips: vec![ip.parse().expect("pod ip")],
-        labels: mk_labels(labels),
+        labels: Arc::new(mk_labels(labels)),
         service_account: "default".to_string(),
         node_name: String::new(),
         container_ports: Vec::new(),
@@ -121,12 +122,12 @@ pub fn mk_mesh(
     destination_rules: usize,
 ) -> crate::Index {
     let mut index = crate::Index::default();
-    index.apply(Object::Pod(mk_pod(
+    index.apply(Object::Pod(Arc::new(mk_pod(
         "ns-0",
         "client-0",
         "10.128.0.1",
         &[("app", "client"), ("version", "v1")],
-    )));
+    ))));
     for i in 0..services {
         let ns = format!("ns-{}", i % 10);
         let name = format!("svc-{i}");
@@ -143,24 +144,24 @@ pub fn mk_mesh(
             let n = i * endpoints + e;
             let pod_ip = format!("10.{}.{}.{}", 130 + n / 62500, (n / 250) % 250, n % 250 + 1);
             let version = format!("v{}", e % 2 + 1);
-            index.apply(Object::Pod(mk_pod(
+            index.apply(Object::Pod(Arc::new(mk_pod(
                 &ns,
                 &pod,
                 &pod_ip,
                 &[("app", name.as_str()), ("version", version.as_str())],
-            )));
+            ))));
             pods.push((pod, pod_ip));
         }
         let refs: Vec<(&str, &str)> = pods
             .iter()
             .map(|(p, ip)| (p.as_str(), ip.as_str()))
             .collect();
-        index.apply(Object::EndpointSlice(mk_slice(
+        index.apply(Object::EndpointSlice(Arc::new(mk_slice(
             &ns,
             &name,
             &[("http", 8080)],
             &refs,
-        )));
+        ))));
         if i < destination_rules {
             index.apply(mk_destination_rule(
                 &ns,
@@ -216,22 +217,22 @@ pub fn mk_reviews_index(versions: &[&str]) -> crate::Index {
         })
         .collect();
     for ((pod, ip), version) in pods.iter().zip(versions) {
-        index.apply(Object::Pod(mk_pod(
+        index.apply(Object::Pod(Arc::new(mk_pod(
             "default",
             pod,
             ip,
             &[("app", "reviews"), ("version", version)],
-        )));
+        ))));
     }
     let endpoints: Vec<(&str, &str)> = pods
         .iter()
         .map(|(p, ip)| (p.as_str(), ip.as_str()))
         .collect();
-    index.apply(Object::EndpointSlice(mk_slice(
+    index.apply(Object::EndpointSlice(Arc::new(mk_slice(
         "default",
         "reviews",
         &[("http", 9080)],
         &endpoints,
-    )));
+    ))));
     index
 }

@@ -55,11 +55,12 @@ impl Kind {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Service(Service),
-    Pod(Pod),
+    /// Shared: the file source keeps the object it read and the index holds the same one.
+    Pod(Arc<Pod>),
     Namespace(Namespace),
-    EndpointSlice(EndpointGroup),
+    EndpointSlice(Arc<EndpointGroup>),
     /// A core/v1 Endpoints object, used for a service only when it has no EndpointSlice.
-    Endpoints(EndpointGroup),
+    Endpoints(Arc<EndpointGroup>),
     /// Specs are boxed: they dwarf every other variant.
     VirtualService(ConfigMeta, Box<VirtualServiceSpec>),
     DestinationRule(ConfigMeta, Box<DestinationRuleSpec>),
@@ -226,7 +227,7 @@ impl Index {
                     self.pods_by_ip.insert(*ip, key.clone());
                 }
                 let affected = self.services_referencing_pod(&pod, old.as_deref());
-                self.pods.insert(key.clone(), Arc::new(pod));
+                self.pods.insert(key.clone(), pod);
                 changes.pods.insert(key);
                 for svc in affected {
                     self.rejoin(&svc, &mut changes);
@@ -246,8 +247,8 @@ impl Index {
                 } else {
                     &mut self.endpoints_objects
                 };
-                let old = map.insert(key.clone(), Arc::new(group.clone()));
-                if old.as_deref() == Some(&group) {
+                let old = map.insert(key.clone(), group.clone());
+                if old.as_deref() == Some(&*group) {
                     return ChangeSet::default();
                 }
                 let mut services =
@@ -501,7 +502,7 @@ impl Index {
                         .and_then(|name| self.pods.get(&ObjectKey::new(&group.namespace, name)))
                         .or_else(|| self.pods_by_ip.get(address).and_then(|k| self.pods.get(k)));
                     let labels = pod
-                        .map(|p| Arc::new(p.labels.clone()))
+                        .map(|p| p.labels.clone())
                         .unwrap_or_else(|| no_labels.clone());
                     let locality = if ep.locality.is_empty() {
                         pod.map(|p| p.locality()).unwrap_or_default()
@@ -682,6 +683,38 @@ mod tests {
     const REVIEWS: &str = "reviews.default.svc.cluster.local";
 
     #[test]
+    fn pods_and_their_labels_are_shared_not_copied() {
+        let mut index = bookinfo();
+        let pod = Arc::new(mk_pod(
+            "default",
+            "reviews-v3",
+            "10.244.9.9",
+            &[("app", "reviews"), ("version", "v3")],
+        ));
+        index.apply(Object::Pod(pod.clone()));
+        let mut slice = mk_slice(
+            "default",
+            "reviews-v3",
+            &[("http", 9080)],
+            &[("reviews-v3", "10.244.9.9")],
+        );
+        slice.service_name = "reviews".into();
+        index.apply(Object::EndpointSlice(Arc::new(slice)));
+        let snapshot = index.snapshot();
+        // The source's object is the index's: one copy of each pod however many hold it.
+        assert!(Arc::ptr_eq(
+            snapshot.pod("default", "reviews-v3").unwrap(),
+            &pod
+        ));
+        let joined = snapshot
+            .endpoints(REVIEWS)
+            .iter()
+            .find(|e| e.pod.as_ref().is_some_and(|p| p.name == "reviews-v3"))
+            .expect("the new pod's endpoint is joined");
+        assert!(Arc::ptr_eq(&joined.labels, &pod.labels));
+    }
+
+    #[test]
     fn snapshot_lists_each_namespaces_services_in_hostname_order() {
         let mut index = bookinfo();
         index.apply(Object::Service(mk_service(
@@ -736,12 +769,12 @@ mod tests {
             &[("http", 9080)],
         )));
         assert!(again.is_empty());
-        let relabel = index.apply(Object::Pod(mk_pod(
+        let relabel = index.apply(Object::Pod(Arc::new(mk_pod(
             "default",
             "reviews-v2",
             "10.244.2.12",
             &[("app", "reviews"), ("version", "v3")],
-        )));
+        ))));
         assert!(relabel.endpoints.contains(REVIEWS));
         assert!(
             relabel
@@ -757,12 +790,12 @@ mod tests {
     #[test]
     fn slice_change_is_endpoints_only() {
         let mut index = bookinfo();
-        let changes = index.apply(Object::EndpointSlice(mk_slice(
+        let changes = index.apply(Object::EndpointSlice(Arc::new(mk_slice(
             "default",
             "reviews",
             &[("http", 9080)],
             &[("reviews-v1", "10.244.1.11")],
-        )));
+        ))));
         assert!(changes.is_endpoints_only());
         assert_eq!(index.snapshot().endpoints(REVIEWS).len(), 1);
     }
@@ -783,7 +816,7 @@ mod tests {
             &[("d1", "10.0.0.1")],
         );
         group.name = "details".into();
-        index.apply(Object::Endpoints(group));
+        index.apply(Object::Endpoints(Arc::new(group)));
         assert_eq!(
             index
                 .snapshot()
@@ -791,12 +824,12 @@ mod tests {
                 .len(),
             1
         );
-        index.apply(Object::EndpointSlice(mk_slice(
+        index.apply(Object::EndpointSlice(Arc::new(mk_slice(
             "default",
             "details",
             &[("http", 9080)],
             &[("d2", "10.0.0.2"), ("d3", "10.0.0.3")],
-        )));
+        ))));
         assert_eq!(
             index
                 .snapshot()

@@ -160,7 +160,7 @@ impl Proxy {
             pod_name: name.to_string(),
             namespace: namespace.to_string(),
             dns_domain: format!("{namespace}.svc.{}", snapshot.domain),
-            labels: pod.labels.clone(),
+            labels: (*pod.labels).clone(),
             interception_mode: InterceptionMode::Redirect,
             cluster_id: "Kubernetes".to_string(),
         })
@@ -179,7 +179,7 @@ impl Proxy {
     /// own namespace, as istiod does); the metadata labels stay otherwise.
     pub fn refresh_labels(&mut self, snapshot: &Snapshot) {
         if let Some(pod) = snapshot.pod(&self.namespace, &self.pod_name) {
-            self.labels = pod.labels.clone();
+            self.labels = (*pod.labels).clone();
         }
     }
 }

@@ -62,7 +62,8 @@ pub struct Pod {
     pub namespace: String,
     /// `status.podIPs`, first = primary; empty until the pod is scheduled.
     pub ips: Vec<IpAddr>,
-    pub labels: BTreeMap<String, String>,
+    /// Shared with every endpoint joined from this pod.
+    pub labels: Arc<BTreeMap<String, String>>,
     pub service_account: String,
     pub node_name: String,
     pub container_ports: Vec<ContainerPort>,

@@ -12,6 +12,7 @@ use meshpilot_model::{
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Namespace assumed for a namespaced object written without one, as `kubectl apply` does.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -206,7 +207,7 @@ pub fn build_pod(pod: &core::Pod) -> Result<Pod, ConvertError> {
         name,
         namespace,
         ips,
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        labels: Arc::new(pod.metadata.labels.clone().unwrap_or_default()),
         service_account,
         node_name: spec.node_name.clone().unwrap_or_default(),
         container_ports,

@@ -106,7 +106,7 @@ pub async fn run(
         build_service(s).map(|s| Some(Object::Service(s)))
     });
     spawn_typed::<core::Pod>(&client, Kind::Pod, &tx, |p| {
-        build_pod(p).map(|p| Some(Object::Pod(p)))
+        build_pod(p).map(|p| Some(Object::Pod(Arc::new(p))))
     });
     let mut namespaces = watcher::Config::default();
     if let Some(selector) = &config.namespace_selector {
@@ -123,7 +123,7 @@ pub async fn run(
         EndpointSource::SlicesV1 => {
             kinds.push(Kind::EndpointSlice);
             spawn_typed::<discovery::EndpointSlice>(&client, Kind::EndpointSlice, &tx, |s| {
-                build_endpoint_slice(s).map(|g| g.map(Object::EndpointSlice))
+                build_endpoint_slice(s).map(|g| g.map(|g| Object::EndpointSlice(Arc::new(g))))
             });
         }
         EndpointSource::SlicesV1beta1 => {
@@ -134,7 +134,7 @@ pub async fn run(
         EndpointSource::Endpoints => {
             kinds.push(Kind::Endpoints);
             spawn_typed::<core::Endpoints>(&client, Kind::Endpoints, &tx, |e| {
-                build_endpoints(e).map(|g| Some(Object::Endpoints(g)))
+                build_endpoints(e).map(|g| Some(Object::Endpoints(Arc::new(g))))
             });
         }
     }
@@ -468,7 +468,7 @@ mod tests {
         i.handle(Update::Apply(Kind::Service, svc("other", "hidden")));
         i.handle(Update::Apply(
             Kind::Pod,
-            Object::Pod(mk_pod("other", "p", "10.0.0.1", &[])),
+            Object::Pod(Arc::new(mk_pod("other", "p", "10.0.0.1", &[]))),
         ));
         assert_eq!(i.index.lock().unwrap().keys(Kind::Service).len(), 1);
         let change = i.handle(Update::Apply(Kind::Namespace, ns("other")));

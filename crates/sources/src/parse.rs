@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The objects of one file that parsed as YAML.
 #[derive(Debug, Default)]
@@ -247,17 +248,17 @@ impl<S> IstioObject<S> {
 fn build_object(kind: KnownKind, value: Value) -> Result<Option<Object>, ConvertError> {
     Ok(Some(match kind {
         KnownKind::Service => Object::Service(build_service(&typed::<core::Service>(value)?)?),
-        KnownKind::Pod => Object::Pod(build_pod(&typed::<core::Pod>(value)?)?),
+        KnownKind::Pod => Object::Pod(Arc::new(build_pod(&typed::<core::Pod>(value)?)?)),
         KnownKind::Namespace => {
             Object::Namespace(build_namespace(&typed::<core::Namespace>(value)?)?)
         }
-        KnownKind::Endpoints => {
-            Object::Endpoints(build_endpoints(&typed::<core::Endpoints>(value)?)?)
-        }
+        KnownKind::Endpoints => Object::Endpoints(Arc::new(build_endpoints(&typed::<
+            core::Endpoints,
+        >(value)?)?)),
         KnownKind::EndpointSlice => {
             let slice = typed::<discovery::EndpointSlice>(value)?;
             match build_endpoint_slice(&slice)? {
-                Some(group) => Object::EndpointSlice(group),
+                Some(group) => Object::EndpointSlice(Arc::new(group)),
                 None => return Ok(None),
             }
         }
@@ -269,7 +270,7 @@ fn build_object(kind: KnownKind, value: Value) -> Result<Option<Object>, Convert
             let slice = typed::<discovery::EndpointSlice>(v1beta1_slice_as_v1(value))
                 .map_err(in_v1_terms)?;
             match build_endpoint_slice(&slice).map_err(in_v1_terms)? {
-                Some(group) => Object::EndpointSlice(group),
+                Some(group) => Object::EndpointSlice(Arc::new(group)),
                 None => return Ok(None),
             }
         }

@@ -703,6 +703,7 @@ mod tests {
     use meshpilot_model::fixtures::{mk_destination_rule, mk_pod, mk_service};
     use meshpilot_model::{Index, Object};
     use prost::Message;
+    use std::sync::Arc;
 
     const NS: &str = "default";
 
@@ -726,24 +727,24 @@ mod tests {
                 "10.96.120.17",
                 &[("http", 9080)],
             )),
-            Object::Pod(mk_pod(
+            Object::Pod(Arc::new(mk_pod(
                 NS,
                 "reviews-v1",
                 "10.244.1.11",
                 &[("app", "reviews"), ("version", "v1")],
-            )),
-            Object::Pod(mk_pod(
+            ))),
+            Object::Pod(Arc::new(mk_pod(
                 NS,
                 "reviews-v2",
                 "10.244.2.12",
                 &[("app", "reviews"), ("version", "v2")],
-            )),
-            Object::Pod(mk_pod(
+            ))),
+            Object::Pod(Arc::new(mk_pod(
                 NS,
                 "productpage-v1",
                 "10.244.1.20",
                 &[("app", "productpage")],
-            )),
+            ))),
         ];
         objects.extend(extra);
         let snapshot = snapshot(objects);

@@ -99,6 +99,7 @@ mod tests {
     use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
     use meshpilot_model::fixtures::{mk_destination_rule, mk_pod, mk_service, mk_slice};
     use meshpilot_model::{Index, Object};
+    use std::sync::Arc;
 
     const REVIEWS: &str = "reviews.default.svc.cluster.local";
 
@@ -126,7 +127,7 @@ mod tests {
                 labels.push(("topology.kubernetes.io/region", "us-east1"));
                 labels.push(("topology.kubernetes.io/zone", zone));
             }
-            index.apply(Object::Pod(mk_pod("default", name, ip, &labels)));
+            index.apply(Object::Pod(Arc::new(mk_pod("default", name, ip, &labels))));
         }
         let refs: Vec<(&str, &str)> = pods.iter().map(|(n, ip, _, _)| (*n, *ip)).collect();
         let mut slice = mk_slice(
@@ -136,13 +137,13 @@ mod tests {
             &refs,
         );
         slice.endpoints[2].ready = false;
-        index.apply(Object::EndpointSlice(slice));
-        index.apply(Object::Pod(mk_pod(
+        index.apply(Object::EndpointSlice(Arc::new(slice)));
+        index.apply(Object::Pod(Arc::new(mk_pod(
             "default",
             "productpage-0",
             "10.244.1.20",
             &[("app", "productpage")],
-        )));
+        ))));
         index.apply(mk_destination_rule(
             "default",
             "reviews",

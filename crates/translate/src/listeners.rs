@@ -779,6 +779,7 @@ mod tests {
         mk_destination_rule, mk_pod, mk_service, mk_slice, mk_virtual_service,
     };
     use meshpilot_model::{ContainerPort, Index, Object, TargetPort};
+    use std::sync::Arc;
 
     const FQDN_WEB: &str = "web.default.svc.cluster.local";
     const FQDN_DB: &str = "db.default.svc.cluster.local";
@@ -811,12 +812,12 @@ mod tests {
             "10.96.0.40",
             &[("udp-dns", 53)],
         )));
-        index.apply(Object::Pod(mk_pod(
+        index.apply(Object::Pod(Arc::new(mk_pod(
             "default",
             "client-0",
             "10.244.0.5",
             &[("app", "client")],
-        )));
+        ))));
         index
     }
 
@@ -1061,7 +1062,7 @@ mod tests {
             port: 8080,
             protocol: "TCP".to_string(),
         }];
-        index.apply(Object::Pod(pod));
+        index.apply(Object::Pod(Arc::new(pod)));
         let snapshot = index.snapshot();
         let listeners = build_listeners(&snapshot, &proxy_for(&snapshot, "server-0"));
         let vi = listener(&listeners, "virtualInbound");
@@ -1185,12 +1186,12 @@ mod tests {
             "10.96.0.60",
             &[("web", 3000)],
         )));
-        index.apply(Object::Pod(mk_pod(
+        index.apply(Object::Pod(Arc::new(mk_pod(
             "default",
             "srv-0",
             "10.244.0.7",
             &[("app", "srv")],
-        )));
+        ))));
         let snapshot = index.snapshot();
         let listeners = build_listeners(&snapshot, &proxy_for(&snapshot, "srv-0"));
         let vi = listener(&listeners, "virtualInbound");
@@ -1325,7 +1326,7 @@ tcp:
             ],
         );
         slice.endpoints[1].ready = false;
-        index.apply(Object::EndpointSlice(slice));
+        index.apply(Object::EndpointSlice(Arc::new(slice)));
         let snapshot = index.snapshot();
         let listeners = build_listeners(&snapshot, &proxy_for(&snapshot, "client-0"));
         let names = names_of(&listeners);
@@ -1355,12 +1356,12 @@ tcp:
             "10.96.0.80",
             &[("http", 15001), ("udp-x", 53), ("tcp", 15006)],
         )));
-        index.apply(Object::Pod(mk_pod(
+        index.apply(Object::Pod(Arc::new(mk_pod(
             "default",
             "client-0",
             "10.244.0.5",
             &[("app", "client")],
-        )));
+        ))));
         let snapshot = index.snapshot();
         let listeners = build_listeners(&snapshot, &proxy_for(&snapshot, "client-0"));
         assert_eq!(

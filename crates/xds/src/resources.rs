@@ -811,12 +811,12 @@ mod tests {
             ["", "v1", "v2"].map(|subset| format!("outbound|8080|{subset}|{host}"))
         })));
         let old = before.endpoints(&client, &names);
-        let changes = index.apply(Object::EndpointSlice(mk_slice(
+        let changes = index.apply(Object::EndpointSlice(Arc::new(mk_slice(
             "ns-1",
             "svc-1",
             &[("http", 8080)],
             &[("svc-1-v1-0", "10.130.0.3")],
-        )));
+        ))));
         assert!(changes.is_workloads_only());
         let snapshot = Arc::new(index.snapshot());
         let affected = crate::types::affected_types(&changes, &snapshot);

@@ -137,12 +137,12 @@ async fn endpoint_change_reaches_a_connected_client_as_eds_only() {
         .await
         .unwrap();
 
-    let changes = h.index.apply(Object::EndpointSlice(mk_slice(
+    let changes = h.index.apply(Object::EndpointSlice(Arc::new(mk_slice(
         "default",
         "reviews",
         &[("http", 9080)],
         &[("reviews-v1", "10.244.1.11"), ("reviews-v2", "10.244.2.12")],
-    )));
+    ))));
     h.publisher.publish(h.index.snapshot(), changes);
     let pushed = tokio::time::timeout(Duration::from_secs(5), responses.next())
         .await

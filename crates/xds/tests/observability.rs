@@ -66,12 +66,12 @@ async fn pushes_nacks_and_connections_are_recorded() {
         "10.96.120.15",
         &[("http", 9080)],
     )));
-    index.apply(Object::EndpointSlice(mk_slice(
+    index.apply(Object::EndpointSlice(Arc::new(mk_slice(
         "default",
         "reviews",
         &[("http", 9080)],
         &[("reviews-v1", "10.244.1.11")],
-    )));
+    ))));
     let (mut publisher, published) = Publisher::new(index.snapshot());
     let (_ready, ready_rx) = watch::channel(true);
     let (_shutdown, shutdown_rx) = watch::channel(false);
@@ -122,19 +122,19 @@ async fn pushes_nacks_and_connections_are_recorded() {
     assert_eq!(metrics.connected_proxies(), 1);
 
     // A published endpoint change: one EDS push, then convergence once sent.
-    let changes = index.apply(Object::Pod(mk_pod(
+    let changes = index.apply(Object::Pod(Arc::new(mk_pod(
         "default",
         "reviews-v2",
         "10.244.2.12",
         &[("app", "reviews")],
-    )));
+    ))));
     publisher.publish(index.snapshot(), changes);
-    let changes = index.apply(Object::EndpointSlice(mk_slice(
+    let changes = index.apply(Object::EndpointSlice(Arc::new(mk_slice(
         "default",
         "reviews",
         &[("http", 9080)],
         &[("reviews-v1", "10.244.1.11"), ("reviews-v2", "10.244.2.12")],
-    )));
+    ))));
     publisher.publish(index.snapshot(), changes);
     let mut pushed = next(&mut responses).await;
     while pushed.type_url != ENDPOINT {

@@ -35,18 +35,18 @@ fn base_objects() -> Vec<Object> {
             "10.96.120.20",
             &[("http", 9080)],
         )),
-        Object::Pod(mk_pod(
+        Object::Pod(Arc::new(mk_pod(
             "default",
             "productpage-v1",
             "10.244.1.20",
             &[("app", "productpage"), ("version", "v1")],
-        )),
-        Object::Pod(mk_pod(
+        ))),
+        Object::Pod(Arc::new(mk_pod(
             "shop",
             "client",
             "10.244.3.30",
             &[("app", "client")],
-        )),
+        ))),
         mk_destination_rule(
             "default",
             "reviews",

@@ -29,12 +29,12 @@ struct Mesh {
 impl Mesh {
     fn new() -> Self {
         let mut index = mk_reviews_index(&["v1", "v2"]);
-        index.apply(Object::Pod(mk_pod(
+        index.apply(Object::Pod(Arc::new(mk_pod(
             "default",
             PRODUCTPAGE_POD,
             "10.244.1.20",
             &[("app", "productpage")],
-        )));
+        ))));
         index.apply(mk_destination_rule(
             "default",
             "reviews",
@@ -270,12 +270,12 @@ fn at_most_one_unacked_push_per_type() {
 fn endpoint_change_is_an_eds_only_push_of_changed_clusters() {
     let mut mesh = Mesh::new();
     let (mut c, _) = synced_sotw(&mesh);
-    let affected = mesh.change(vec![Object::EndpointSlice(mk_slice(
+    let affected = mesh.change(vec![Object::EndpointSlice(Arc::new(mk_slice(
         "default",
         "reviews",
         &[("http", 9080)],
         &[("reviews-v1", "10.244.1.11")],
-    ))]);
+    )))]);
     let mut endpoints_only = TypeSet::default();
     endpoints_only.insert(ResourceType::Endpoint);
     assert_eq!(affected, endpoints_only);
