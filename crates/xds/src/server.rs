@@ -2,7 +2,7 @@
 //! is one task that selects over the proxy's requests, published snapshots and shutdown.
 
 use crate::connection::{Connection, Flavor, Outgoing, PushContext};
-use crate::grpc::{RequestStream, ResponseBody};
+use crate::grpc::{Queued, RequestStream, ResponseBody};
 use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
 use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus};
@@ -194,7 +194,7 @@ fn remote_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
 type InboundStream = Pin<Box<dyn Stream<Item = Result<Incoming, Status>> + Send>>;
 
 /// Where a stream's responses go.
-type Sink = mpsc::Sender<Result<Outgoing, Status>>;
+type Sink = mpsc::Sender<Queued>;
 
 impl AdsService {
     fn start(
@@ -220,7 +220,7 @@ impl AdsService {
             async move {
                 if let Err(status) = serve_stream(&inner, flavor, peer, inbound, &sink).await {
                     tracing::info!(code = ?status.code(), "stream closed: {}", status.message());
-                    let _ = sink.send(Err(status)).await;
+                    let _ = sink.send(Err(Box::new(status))).await;
                 }
             }
             .instrument(span),
@@ -346,7 +346,7 @@ async fn serve_stream(
             touched = touch(touched, response.type_url());
             let type_url = response.type_url().to_string();
             let bytes = response.resource_bytes();
-            if sink.send(Ok(response)).await.is_err() {
+            if sink.send(Ok(Box::new(response))).await.is_err() {
                 inner.metrics.count_send_error(&type_url);
                 return Ok(());
             }
