@@ -15,13 +15,13 @@
 //!   warming and need their assignments again;
 //! - types this server does not serve get an empty answer and never end the stream.
 
-use crate::request::{SotwRequest, fingerprint_names};
+use crate::delta_request::{DeltaRequest, HeldVersions, sort_names_for_matching};
+use crate::request::{SotwRequest, fingerprint_name_bytes, fingerprint_names};
 use crate::resources::{NameSet, Resource, ResourceCache, Resources, SetDiff};
 use crate::response::{Batch, DeltaResponse, SotwResponse};
 use crate::types::{ResourceType, TypeSet};
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use meshpilot_model::{ObjectKey, Proxy};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The state of the world a push is computed from.
@@ -82,9 +82,9 @@ impl Outgoing {
 pub enum Held {
     /// Exactly a set this server sent (the usual case: shared with every proxy of its class).
     Set(Resources),
-    /// Name → version, as a delta client announced after reconnecting (the request's own map,
-    /// kept until the first reply).
-    Versions(Arc<HashMap<String, String>>),
+    /// Name → version, as a delta client announced after reconnecting (slices of the
+    /// request itself, kept until the first reply).
+    Versions(Arc<HeldVersions>),
 }
 
 impl Default for Held {
@@ -97,14 +97,14 @@ impl Held {
     pub fn names(&self) -> Vec<&str> {
         match self {
             Held::Set(set) => set.iter().map(|r| &*r.name).collect(),
-            Held::Versions(versions) => versions.keys().map(String::as_str).collect(),
+            Held::Versions(versions) => versions.names().collect(),
         }
     }
 
     fn version_of(&self, name: &str) -> Option<&str> {
         match self {
             Held::Set(set) => set.get(name).map(|r| &*r.version),
-            Held::Versions(versions) => versions.get(name).map(String::as_str),
+            Held::Versions(versions) => versions.get(name),
         }
     }
 }
@@ -276,37 +276,35 @@ impl Connection {
 
     // ---- delta --------------------------------------------------------------------------
 
-    pub fn on_delta_request(
-        &mut self,
-        req: DeltaDiscoveryRequest,
-        ctx: &PushContext,
-    ) -> Vec<Outgoing> {
+    pub fn on_delta_request(&mut self, req: DeltaRequest, ctx: &PushContext) -> Vec<Outgoing> {
         self.refresh_proxy(ctx);
         let kind = ResourceType::from_type_url(&req.type_url);
         let is_new = !self.watches.contains_key(&req.type_url);
         let watch = self.watches.entry(req.type_url.clone()).or_default();
         if is_new {
-            let explicit: Vec<&str> = req
-                .resource_names_subscribe
-                .iter()
-                .map(String::as_str)
-                .filter(|n| *n != "*")
-                .collect();
+            let explicit: Vec<&str> = req.subscribe.iter().filter(|n| *n != "*").collect();
             watch.wildcard = kind.is_none_or(ResourceType::is_wildcard)
-                && (explicit.is_empty() || req.resource_names_subscribe.iter().any(|n| n == "*"));
+                && (explicit.is_empty() || req.subscribe.iter().any(|n| n == "*"));
             if !watch.wildcard {
                 // Versions the proxy already holds (after a reconnect) count as subscriptions.
                 // Those come from a map in no particular order: sorted, sidecars of one class
                 // name one list again, and its set is built once.
-                let reconnect = !req.initial_resource_versions.is_empty();
-                let mut names = explicit;
-                if reconnect {
-                    names.extend(req.initial_resource_versions.keys().map(String::as_str));
-                    names.sort_unstable();
-                    names.dedup();
-                }
-                let fingerprint = fingerprint_names(names.iter().copied());
-                watch.names = ctx.cache.intern_list(fingerprint, || NameSet::new(names));
+                let held = &req.initial_resource_versions;
+                watch.names = if !held.is_empty() && explicit.iter().all(|n| held.contains(n)) {
+                    // The usual reconnect: it subscribes to what it holds, already in order,
+                    // and the names are read as text only for a list not seen before.
+                    let fingerprint = fingerprint_name_bytes(held.name_bytes());
+                    ctx.cache
+                        .intern_list(fingerprint, || NameSet::new(held.names()))
+                } else {
+                    let mut names = explicit;
+                    if !held.is_empty() {
+                        names.extend(held.names());
+                        sort_names_for_matching(&mut names);
+                    }
+                    let fingerprint = fingerprint_names(names.iter().copied());
+                    ctx.cache.intern_list(fingerprint, || NameSet::new(names))
+                };
             }
             if !req.initial_resource_versions.is_empty() {
                 watch.held = Held::Versions(Arc::new(req.initial_resource_versions));
@@ -333,14 +331,14 @@ impl Connection {
         let watch = self.watches.get_mut(&req.type_url).expect("watch exists");
         let mut added = Vec::new();
         let mut dropped = false;
-        for name in &req.resource_names_subscribe {
+        for name in req.subscribe.iter() {
             if name == "*" {
                 watch.wildcard = true;
             } else if !watch.names.contains(name) {
-                added.push(name.as_str());
+                added.push(name);
             }
         }
-        for name in &req.resource_names_unsubscribe {
+        for name in req.unsubscribe.iter() {
             if name == "*" {
                 watch.wildcard = false;
             } else if watch.names.contains(name) {
@@ -348,11 +346,11 @@ impl Connection {
             }
         }
         if !added.is_empty() || dropped {
-            let unsubscribed = &req.resource_names_unsubscribe;
+            let unsubscribed = &req.unsubscribe;
             let names = watch
                 .names
                 .iter()
-                .filter(|n| !unsubscribed.iter().any(|u| u == n))
+                .filter(|n| !unsubscribed.iter().any(|u| u == *n))
                 .chain(added.iter().copied());
             watch.names = ctx.cache.intern(NameSet::new(names));
         }

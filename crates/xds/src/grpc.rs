@@ -62,9 +62,9 @@ impl FromFrame for crate::request::SotwRequest {
     }
 }
 
-impl FromFrame for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
+impl FromFrame for crate::delta_request::DeltaRequest {
     fn from_frame(bytes: Bytes) -> Result<Self, prost::DecodeError> {
-        prost::Message::decode(bytes)
+        Self::decode_frame(bytes)
     }
 }
 
@@ -305,7 +305,10 @@ mod tests {
     #[test]
     fn a_queued_response_is_two_words() {
         // The response queue allocates a block of 32 slots per stream up front.
-        assert_eq!(std::mem::size_of::<Queued>(), 2 * std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Queued>(),
+            2 * std::mem::size_of::<usize>()
+        );
     }
 
     /// A request body delivered in the given pieces.

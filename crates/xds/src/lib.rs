@@ -7,6 +7,7 @@
 //! one in the [`ConnectionRegistry`] the debug endpoints read; [`XdsMetrics`] is `/metrics`.
 
 mod connection;
+mod delta_request;
 mod grpc;
 mod metrics;
 mod publish;
@@ -19,6 +20,7 @@ pub mod tls;
 mod types;
 
 pub use connection::{Connection, Flavor, Held, Nack, Outgoing, PushContext, Watch};
+pub use delta_request::{DeltaRequest, HeldVersions, WireStrings};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, ConnectedGuard, XdsMetrics, type_label};
 pub use publish::{DebounceConfig, Debouncer, Published, Publisher};
 pub use registry::{

@@ -110,6 +110,11 @@ impl SotwRequest {
 /// names themselves (a delta subscription), so equal lists share one interned set whichever
 /// protocol variant sent them.
 pub fn fingerprint_names<'a>(names: impl IntoIterator<Item = &'a str>) -> u128 {
+    fingerprint_name_bytes(names.into_iter().map(str::as_bytes))
+}
+
+/// [`fingerprint_names`] of names given as bytes.
+pub fn fingerprint_name_bytes<'a>(names: impl IntoIterator<Item = &'a [u8]>) -> u128 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut prefix = Vec::with_capacity(16);
     for name in names {
@@ -117,7 +122,7 @@ pub fn fingerprint_names<'a>(names: impl IntoIterator<Item = &'a str>) -> u128 {
         encode_key(RESOURCE_NAMES, WireType::LengthDelimited, &mut prefix);
         encode_varint(name.len() as u64, &mut prefix);
         hasher.update(&prefix);
-        hasher.update(name.as_bytes());
+        hasher.update(name);
     }
     hasher.digest128()
 }

@@ -17,6 +17,7 @@
 //! at, and the difference between two sets is computed once per snapshot and shared. A
 //! connection therefore holds a few pointers per type, not a copy of every name it was sent.
 
+use crate::delta_request::{HeldVersions, name_order_key, version_key};
 use crate::types::{ResourceType, TypeSet};
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -61,6 +62,14 @@ impl Resource {
     }
 }
 
+/// A set's item as delta reconnects are matched against it: keys only, no pointers to chase.
+#[derive(Debug)]
+struct OrderedItem {
+    name: u128,
+    version: u64,
+    index: u32,
+}
+
 /// An ordered set of resources with a by-name index; shared between proxies.
 #[derive(Debug, Default)]
 pub struct ResourceSet {
@@ -73,6 +82,9 @@ pub struct ResourceSet {
     delta_entries: OnceLock<Bytes>,
     /// Whether responses send this set from those entries (see [`ResourceSet::new`]).
     shares_entries: bool,
+    /// Items in [`name_order_key`] order: built by the first delta reconnect compared against
+    /// this set, then shared by all of them.
+    by_name_order: OnceLock<Vec<OrderedItem>>,
 }
 
 impl ResourceSet {
@@ -93,7 +105,25 @@ impl ResourceSet {
             sotw_entries: OnceLock::new(),
             delta_entries: OnceLock::new(),
             shares_entries,
+            by_name_order: OnceLock::new(),
         }
+    }
+
+    fn by_name_order(&self) -> &[OrderedItem] {
+        self.by_name_order.get_or_init(|| {
+            let mut order: Vec<OrderedItem> = self
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, r)| OrderedItem {
+                    name: name_order_key(r.name.as_bytes()),
+                    version: version_key(r.version.as_bytes()),
+                    index: i as u32,
+                })
+                .collect();
+            order.sort_unstable_by_key(|item| item.name);
+            order
+        })
     }
 
     pub fn as_slice(&self) -> &[Arc<Resource>] {
@@ -293,6 +323,44 @@ impl SetDiff {
                 .map(Arc::from)
                 .collect()
         };
+        SetDiff { changed, removed }
+    }
+
+    /// `new` against the versions a reconnecting delta proxy holds: both walked in
+    /// [`name_order_key`] order side by side, comparing keys. Changed resources keep `new`'s
+    /// order.
+    fn against_versions(held: &HeldVersions, new: &ResourceSet) -> Self {
+        let order = new.by_name_order();
+        let mut unchanged = vec![false; new.len()];
+        let mut removed = Vec::new();
+        let mut held_entries = held.entries().peekable();
+        let mut wanted = order.iter().peekable();
+        while let (Some(&(key, name, version)), Some(&item)) = (held_entries.peek(), wanted.peek())
+        {
+            match key.cmp(&item.name) {
+                std::cmp::Ordering::Equal => {
+                    unchanged[item.index as usize] = version_key(version) == item.version;
+                    held_entries.next();
+                    wanted.next();
+                }
+                std::cmp::Ordering::Less => {
+                    removed.push(Arc::from(String::from_utf8_lossy(name).as_ref()));
+                    held_entries.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    wanted.next();
+                }
+            }
+        }
+        removed.extend(
+            held_entries.map(|(_, name, _)| Arc::from(String::from_utf8_lossy(name).as_ref())),
+        );
+        let changed = new
+            .iter()
+            .zip(&unchanged)
+            .filter(|(_, unchanged)| !**unchanged)
+            .map(|(r, _)| r.clone())
+            .collect();
         SetDiff { changed, removed }
     }
 
@@ -714,13 +782,8 @@ impl ResourceCache {
     }
 
     /// What a proxy holding these versions (a delta reconnect) lacks of `new`; not shared.
-    pub fn diff_versions(&self, held: &HashMap<String, String>, new: &ResourceSet) -> SetDiff {
-        SetDiff::between(
-            |name| held.get(name).map(String::as_str),
-            held.len(),
-            held.keys().map(String::as_str),
-            new,
-        )
+    pub fn diff_versions(&self, held: &HeldVersions, new: &ResourceSet) -> SetDiff {
+        SetDiff::against_versions(held, new)
     }
 
     /// Drops cached assignments of clusters no snapshot names any more (called per snapshot).
@@ -874,11 +937,15 @@ mod tests {
         let cache = ResourceCache::new(Arc::new(mk_mesh(2, 1, 0, 0).snapshot()));
         let (a, b) = (r("a", "1"), r("b", "1"));
         let current = ResourceSet::new(vec![a.clone(), b.clone()]);
-        let held = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
-            pairs
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect()
+        let held = |pairs: &[(&str, &str)]| -> HeldVersions {
+            let request = envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
+                initial_resource_versions: pairs
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            };
+            crate::DeltaRequest::from(request).initial_resource_versions
         };
         let same = held(&[("a", &a.version), ("b", &b.version)]);
         assert!(cache.diff_versions(&same, &current).is_empty());
@@ -892,5 +959,55 @@ mod tests {
         let changed: Vec<&str> = diff.changed.iter().map(|r| &*r.name).collect();
         assert_eq!(changed, ["b"]);
         assert_eq!(diff.removed, [Arc::from("gone")]);
+    }
+
+    #[test]
+    fn a_reconnect_diff_matches_comparing_name_by_name() {
+        // Names with long shared prefixes, held in every combination of kept, stale and gone.
+        let names: Vec<String> = (0..300)
+            .map(|i| format!("outbound|9080||svc-{i}.ns-{}.svc.cluster.local", i % 7))
+            .collect();
+        let current = ResourceSet::new(names.iter().map(|n| r(n, n)).collect());
+        let cache = ResourceCache::new(Arc::new(mk_mesh(2, 1, 0, 0).snapshot()));
+        let mut held = HashMap::new();
+        for (i, name) in names.iter().enumerate() {
+            match i % 4 {
+                0 => {}
+                1 => {
+                    held.insert(name.clone(), "stale".to_string());
+                }
+                _ => {
+                    held.insert(name.clone(), current.get(name).unwrap().version.to_string());
+                }
+            }
+        }
+        for i in 0..50 {
+            held.insert(
+                format!("outbound|9080||gone-{i}.svc.cluster.local"),
+                "1".into(),
+            );
+        }
+        let request = envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
+            initial_resource_versions: held.clone(),
+            ..Default::default()
+        };
+        let versions = crate::DeltaRequest::from(request).initial_resource_versions;
+        let diff = cache.diff_versions(&versions, &current);
+        let expected_changed: Vec<&str> = current
+            .iter()
+            .filter(|r| held.get(&*r.name).map(String::as_str) != Some(&*r.version))
+            .map(|r| &*r.name)
+            .collect();
+        let changed: Vec<&str> = diff.changed.iter().map(|r| &*r.name).collect();
+        assert_eq!(changed, expected_changed);
+        let mut removed: Vec<&str> = diff.removed.iter().map(|n| &**n).collect();
+        removed.sort_unstable();
+        let mut expected_removed: Vec<&str> = held
+            .keys()
+            .filter(|n| current.get(n).is_none())
+            .map(String::as_str)
+            .collect();
+        expected_removed.sort_unstable();
+        assert_eq!(removed, expected_removed);
     }
 }

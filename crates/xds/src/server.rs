@@ -2,6 +2,7 @@
 //! is one task that selects over the proxy's requests, published snapshots and shutdown.
 
 use crate::connection::{Connection, Flavor, Outgoing, PushContext};
+use crate::delta_request::DeltaRequest;
 use crate::grpc::{Queued, RequestStream, ResponseBody};
 use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
@@ -9,7 +10,6 @@ use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus};
 use crate::request::SotwRequest;
 use crate::types::{ResourceType, TypeSet};
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use meshpilot_model::{Proxy, ProxyMetadata};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -83,7 +83,7 @@ impl AdsService {
 /// A request of either flavor.
 enum Incoming {
     Sotw(SotwRequest),
-    Delta(DeltaDiscoveryRequest),
+    Delta(DeltaRequest),
 }
 
 impl Incoming {
@@ -160,7 +160,7 @@ where
                     .map(|r| r.map(Incoming::Sotw)),
             ),
             Flavor::Delta => Box::pin(
-                RequestStream::<DeltaDiscoveryRequest, B>::new(body, MAX_REQUEST_BYTES)
+                RequestStream::<DeltaRequest, B>::new(body, MAX_REQUEST_BYTES)
                     .map(|r| r.map(Incoming::Delta)),
             ),
         };

@@ -5,7 +5,7 @@ use crate::publish::Publisher;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use meshpilot_model::fixtures::{
@@ -361,12 +361,12 @@ fn delta_reconnects_naming_the_same_held_assignments_share_one_subscription() {
     let mut first = connection(Flavor::Delta);
     let default = format!("outbound|9080||{REVIEWS}");
     let eds = delta_one(first.on_delta_request(
-        DeltaDiscoveryRequest {
+        DeltaRequest::from(DeltaDiscoveryRequest {
             type_url: ENDPOINT.into(),
             // In name order, as a reconnect's names are put.
             resource_names_subscribe: vec![V1.into(), V2.into(), default],
             ..Default::default()
-        },
+        }),
         &ctx,
     ));
     let held = || -> HashMap<String, String> {
@@ -380,11 +380,11 @@ fn delta_reconnects_naming_the_same_held_assignments_share_one_subscription() {
     for _ in 0..2 {
         let mut again = connection(Flavor::Delta);
         let out = delta_one(again.on_delta_request(
-            DeltaDiscoveryRequest {
+            DeltaRequest::from(DeltaDiscoveryRequest {
                 type_url: ENDPOINT.into(),
                 initial_resource_versions: held(),
                 ..Default::default()
-            },
+            }),
             &ctx,
         ));
         assert!(out.resources.is_empty(), "the proxy holds every version");
@@ -405,10 +405,10 @@ fn delta_reconnect_with_initial_versions_sends_only_differences() {
     let ctx = mesh.ctx();
     let mut first = connection(Flavor::Delta);
     let cds = delta_one(first.on_delta_request(
-        DeltaDiscoveryRequest {
+        DeltaRequest::from(DeltaDiscoveryRequest {
             type_url: CLUSTER.into(),
             ..Default::default()
-        },
+        }),
         &ctx,
     ));
     assert!(cds.resources.len() > 3);
@@ -429,11 +429,11 @@ fn delta_reconnect_with_initial_versions_sends_only_differences() {
     assert!(!affected.is_empty());
     let mut again = connection(Flavor::Delta);
     let resumed = delta_one(again.on_delta_request(
-        DeltaDiscoveryRequest {
+        DeltaRequest::from(DeltaDiscoveryRequest {
             type_url: CLUSTER.into(),
             initial_resource_versions: held,
             ..Default::default()
-        },
+        }),
         &mesh.ctx(),
     ));
     let changed: Vec<&str> = resumed.resources.iter().map(|r| r.name.as_str()).collect();
@@ -450,11 +450,11 @@ fn delta_subscribe_unsubscribe_and_ack() {
     let ctx = mesh.ctx();
     let mut c = connection(Flavor::Delta);
     let eds = delta_one(c.on_delta_request(
-        DeltaDiscoveryRequest {
+        DeltaRequest::from(DeltaDiscoveryRequest {
             type_url: ENDPOINT.into(),
             resource_names_subscribe: vec![V1.into()],
             ..Default::default()
-        },
+        }),
         &ctx,
     ));
     assert_eq!(eds.resources.len(), 1);
@@ -462,28 +462,28 @@ fn delta_subscribe_unsubscribe_and_ack() {
         !eds.resources[0].version.is_empty(),
         "per-resource versions"
     );
-    let ack = DeltaDiscoveryRequest {
+    let ack = DeltaRequest::from(DeltaDiscoveryRequest {
         type_url: ENDPOINT.into(),
         response_nonce: eds.nonce.clone(),
         ..Default::default()
-    };
+    });
     assert!(c.on_delta_request(ack, &ctx).is_empty());
     assert_eq!(c.watches()[ENDPOINT].acked_nonce.as_ref(), Some(&eds.nonce));
     let more = delta_one(c.on_delta_request(
-        DeltaDiscoveryRequest {
+        DeltaRequest::from(DeltaDiscoveryRequest {
             type_url: ENDPOINT.into(),
             resource_names_subscribe: vec![V2.into()],
             ..Default::default()
-        },
+        }),
         &ctx,
     ));
     assert_eq!(more.resources[0].name, V2);
     let none = c.on_delta_request(
-        DeltaDiscoveryRequest {
+        DeltaRequest::from(DeltaDiscoveryRequest {
             type_url: ENDPOINT.into(),
             resource_names_unsubscribe: vec![V1.into()],
             ..Default::default()
-        },
+        }),
         &ctx,
     );
     assert!(none.is_empty());
@@ -494,11 +494,11 @@ fn delta_subscribe_unsubscribe_and_ack() {
 fn sidecars_subscribing_one_list_share_one_set_across_protocol_variants() {
     let mesh = Mesh::new();
     let ctx = mesh.ctx();
-    let subscribe = DeltaDiscoveryRequest {
+    let subscribe = DeltaRequest::from(DeltaDiscoveryRequest {
         type_url: ENDPOINT.into(),
         resource_names_subscribe: vec![V2.into(), V1.into()],
         ..Default::default()
-    };
+    });
     let mut first = connection(Flavor::Delta);
     let mut second = connection(Flavor::Delta);
     first.on_delta_request(subscribe.clone(), &ctx);
@@ -517,24 +517,24 @@ fn delta_nack_keeps_state_and_does_not_loop() {
     let mut c = connection(Flavor::Delta);
     let ctx = mesh.ctx();
     let rds = delta_one(c.on_delta_request(
-        DeltaDiscoveryRequest {
+        DeltaRequest::from(DeltaDiscoveryRequest {
             type_url: ROUTE.into(),
             resource_names_subscribe: vec!["9080".into()],
             ..Default::default()
-        },
+        }),
         &ctx,
     ));
     c.on_delta_request(
-        DeltaDiscoveryRequest {
+        DeltaRequest::from(DeltaDiscoveryRequest {
             type_url: ROUTE.into(),
             response_nonce: rds.nonce.clone(),
             ..Default::default()
-        },
+        }),
         &ctx,
     );
     let affected = mesh.change(vec![vs(10, 90)]);
     let push = delta_one(c.on_push(&mesh.ctx(), affected));
-    let rejected = DeltaDiscoveryRequest {
+    let rejected = DeltaRequest::from(DeltaDiscoveryRequest {
         type_url: ROUTE.into(),
         response_nonce: push.nonce.clone(),
         error_detail: Some(RpcStatus {
@@ -543,7 +543,7 @@ fn delta_nack_keeps_state_and_does_not_loop() {
             ..Default::default()
         }),
         ..Default::default()
-    };
+    });
     assert!(c.on_delta_request(rejected.clone(), &mesh.ctx()).is_empty());
     assert!(c.on_delta_request(rejected, &mesh.ctx()).is_empty());
     assert_eq!(
@@ -559,18 +559,18 @@ fn delta_wildcard_removal_is_reported() {
     let mut mesh = Mesh::new();
     let mut c = connection(Flavor::Delta);
     let cds = delta_one(c.on_delta_request(
-        DeltaDiscoveryRequest {
+        DeltaRequest::from(DeltaDiscoveryRequest {
             type_url: CLUSTER.into(),
             ..Default::default()
-        },
+        }),
         &mesh.ctx(),
     ));
     c.on_delta_request(
-        DeltaDiscoveryRequest {
+        DeltaRequest::from(DeltaDiscoveryRequest {
             type_url: CLUSTER.into(),
             response_nonce: cds.nonce,
             ..Default::default()
-        },
+        }),
         &mesh.ctx(),
     );
     let affected = mesh.change(vec![
