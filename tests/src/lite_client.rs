@@ -190,6 +190,15 @@ fn register(key: u64, name: &[u8]) {
         .or_insert_with(|| Bytes::copy_from_slice(name));
 }
 
+/// Runs `use_name` on a registered name in place (no reference count taken).
+fn with_registered<T>(key: u64, use_name: impl FnOnce(&[u8]) -> T) -> Option<T> {
+    names()[key as usize % SHARDS]
+        .lock()
+        .expect("name registry")
+        .get(&key)
+        .map(|name| use_name(name))
+}
+
 fn registered(key: u64) -> Option<Bytes> {
     names()[key as usize % SHARDS]
         .lock()
@@ -930,11 +939,21 @@ async fn run_delta(
             // Subscriptions and held versions go out as wire fields: a reconnecting sidecar
             // of a large mesh names thousands, and building them as Strings in a HashMap
             // was most of the load generator's CPU in the restart benchmark.
-            let mut fields = BytesMut::from(&s.request_names(kind)[..]);
-            for (key, version) in s.of(kind).versions.iter() {
-                if let Some(name) = registered(*key) {
-                    encode_held_version(&name, version.as_bytes(), &mut fields);
-                }
+            let names = s.request_names(kind);
+            let versions = &s.of(kind).versions;
+            // Room for each version entry: a subscribed name's entry plus the version, or for
+            // wildcard types (no names sent) a generous guess; the buffer grows at most once.
+            let per_version = if names.is_empty() {
+                128
+            } else {
+                names.len() / versions.len().max(1) + 24
+            };
+            let mut fields = BytesMut::with_capacity(names.len() + versions.len() * per_version);
+            fields.put_slice(&names);
+            for (key, version) in versions.iter() {
+                with_registered(*key, |name| {
+                    encode_held_version(name, version.as_bytes(), &mut fields)
+                });
             }
             tx.send(DeltaOut {
                 request: r,
