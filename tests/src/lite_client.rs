@@ -282,7 +282,7 @@ pub struct TypeState {
     /// Name key → body hash of every resource held.
     pub held: KeyMap<u64>,
     /// Delta: name key → the version the server gave it.
-    versions: KeyMap<Box<str>>,
+    versions: KeyMap<HeldVersion>,
     pub responses: u64,
     pub bytes: u64,
     pub nacks: u64,
@@ -505,13 +505,50 @@ async fn run(config: SidecarConfig, state: Arc<Mutex<SidecarState>>) {
     }
 }
 
+/// A delta resource's version as the server sent it. meshpilot's are 16 lowercase hex digits,
+/// kept as their value: an EDS push carries hundreds, and a string each was a large share of
+/// the load generator's allocations under delta churn. Anything else is kept as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HeldVersion {
+    Hex(u64),
+    Text(Box<str>),
+}
+
+impl HeldVersion {
+    fn parse(bytes: &[u8]) -> HeldVersion {
+        let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+        if bytes.len() == 16 && bytes.iter().all(lower_hex) {
+            let text = std::str::from_utf8(bytes).expect("ASCII");
+            if let Ok(value) = u64::from_str_radix(text, 16) {
+                return HeldVersion::Hex(value);
+            }
+        }
+        HeldVersion::Text(String::from_utf8_lossy(bytes).into())
+    }
+
+    /// Runs `use_bytes` on the version exactly as it was sent.
+    fn with_bytes<T>(&self, use_bytes: impl FnOnce(&[u8]) -> T) -> T {
+        match self {
+            HeldVersion::Hex(value) => {
+                let mut text = [0u8; 16];
+                for (i, digit) in text.iter_mut().enumerate() {
+                    let nibble = (value >> (60 - 4 * i)) & 0xf;
+                    *digit = b"0123456789abcdef"[nibble as usize];
+                }
+                use_bytes(&text)
+            }
+            HeldVersion::Text(text) => use_bytes(text.as_bytes()),
+        }
+    }
+}
+
 /// A resource decoded as far as the client needs.
 struct Decoded {
     key: u64,
     name: Bytes,
     hash: u64,
     body: Bytes,
-    version: Option<Box<str>>,
+    version: Option<HeldVersion>,
     /// Clusters: the EDS name's key; listeners: the RDS names' keys.
     eds: Option<u64>,
     routes: Vec<u64>,
@@ -952,7 +989,7 @@ async fn run_delta(
             fields.put_slice(&names);
             for (key, version) in versions.iter() {
                 with_registered(*key, |name| {
-                    encode_held_version(name, version.as_bytes(), &mut fields)
+                    version.with_bytes(|version| encode_held_version(name, version, &mut fields))
                 });
             }
             tx.send(DeltaOut {
@@ -978,7 +1015,7 @@ async fn run_delta(
                 bytes += any.value.len() as u64;
                 let mut d = decode_resource(kind, any, Some(&r.name))?;
                 register(d.key, &d.name);
-                d.version = Some(r.version.as_str().into());
+                d.version = Some(HeldVersion::parse(&r.version));
                 Ok(d)
             })
             .collect();
@@ -1264,5 +1301,20 @@ mod tests {
                 ("outbound|80||b.svc".to_string(), String::new()),
             ])
         );
+    }
+
+    #[test]
+    fn held_versions_go_back_exactly_as_they_came() {
+        for sent in ["00000000000000ff", "0123456789abcdef", "ffffffffffffffff"] {
+            let held = HeldVersion::parse(sent.as_bytes());
+            assert!(matches!(held, HeldVersion::Hex(_)), "{sent}");
+            held.with_bytes(|back| assert_eq!(back, sent.as_bytes()));
+        }
+        // Other servers' versions (upper case, other lengths) are kept as text.
+        for sent in ["0123456789ABCDEF", "v1", "", "0123456789abcdef0"] {
+            let held = HeldVersion::parse(sent.as_bytes());
+            assert!(matches!(held, HeldVersion::Text(_)), "{sent}");
+            held.with_bytes(|back| assert_eq!(back, sent.as_bytes()));
+        }
     }
 }

@@ -66,8 +66,9 @@ pub struct LiteDiscoveryResponse {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LiteResource {
-    #[prost(string, tag = "1")]
-    pub version: String,
+    /// A string on the wire; read as bytes, without an allocation per resource.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub version: Bytes,
     #[prost(message, optional, tag = "2")]
     pub resource: Option<LiteAny>,
     #[prost(bytes = "bytes", tag = "3")]
