@@ -3,6 +3,7 @@
 use crate::snapshot::Snapshot;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InterceptionMode {
@@ -85,7 +86,7 @@ pub struct Proxy {
     pub namespace: String,
     /// `<ns>.svc.cluster.local`: decides which short names vhosts get.
     pub dns_domain: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
     pub interception_mode: InterceptionMode,
     pub cluster_id: String,
 }
@@ -138,7 +139,7 @@ impl Proxy {
             pod_name: pod_name.to_string(),
             namespace,
             dns_domain,
-            labels: metadata.labels.clone(),
+            labels: Arc::new(metadata.labels.clone()),
             interception_mode,
             cluster_id: metadata
                 .cluster_id
@@ -160,7 +161,7 @@ impl Proxy {
             pod_name: name.to_string(),
             namespace: namespace.to_string(),
             dns_domain: format!("{namespace}.svc.{}", snapshot.domain),
-            labels: (*pod.labels).clone(),
+            labels: pod.labels.clone(),
             interception_mode: InterceptionMode::Redirect,
             cluster_id: "Kubernetes".to_string(),
         })
@@ -179,7 +180,7 @@ impl Proxy {
     /// own namespace, as istiod does); the metadata labels stay otherwise.
     pub fn refresh_labels(&mut self, snapshot: &Snapshot) {
         if let Some(pod) = snapshot.pod(&self.namespace, &self.pod_name) {
-            self.labels = (*pod.labels).clone();
+            self.labels = pod.labels.clone();
         }
     }
 }
@@ -235,5 +236,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.namespace, "shop");
+    }
+
+    #[test]
+    fn a_known_pods_labels_are_shared_with_its_proxy() {
+        let snapshot = crate::fixtures::mk_reviews_index(&["v1"]).snapshot();
+        let mut proxy = Proxy::from_node(
+            "sidecar~10.244.1.11~reviews-v1.default~default.svc.cluster.local",
+            &ProxyMetadata::default(),
+        )
+        .unwrap();
+        proxy.refresh_labels(&snapshot);
+        let pod = snapshot.pod("default", "reviews-v1").unwrap();
+        // Pointer-equal, so checking on every push whether they changed costs no comparison.
+        assert!(Arc::ptr_eq(&proxy.labels, &pod.labels));
+        assert_eq!(proxy.labels["version"], "v1");
     }
 }

@@ -168,7 +168,7 @@ pub struct Connection {
     /// The proxy's pod, `namespace/name`, fixed for the connection.
     pod_key: ObjectKey,
     /// Labels from node metadata, used when the pod is not (yet) known.
-    metadata_labels: BTreeMap<String, String>,
+    metadata_labels: Arc<BTreeMap<String, String>>,
     flavor: Flavor,
     watches: BTreeMap<String, Watch>,
     nonce_counter: u64,
@@ -225,7 +225,8 @@ impl Connection {
             Some(pod) => &pod.labels,
             None => &self.metadata_labels,
         };
-        if self.proxy.labels != *labels {
+        // Held as the pod's own map: on the next push this is a pointer comparison.
+        if !Arc::ptr_eq(&self.proxy.labels, labels) {
             self.proxy.labels = labels.clone();
         }
     }

@@ -116,7 +116,7 @@ impl ConnectionStatus {
         pushed_from: &Arc<Published>,
         last_push: Option<SystemTime>,
     ) {
-        if self.proxy.labels != connection.proxy().labels {
+        if !Arc::ptr_eq(&self.proxy.labels, &connection.proxy().labels) {
             self.proxy.clone_from(connection.proxy());
         }
         let watches = connection.watches();
@@ -305,7 +305,7 @@ fn adsz_entry(c: &ConnectionStatus) -> Value {
         "address": c.info.peer.map(|p| p.to_string()).unwrap_or_default(),
         "nodeId": c.info.node_id,
         "flavor": match c.info.flavor { Flavor::Sotw => "sotw", Flavor::Delta => "delta" },
-        "labels": c.proxy.labels,
+        "labels": *c.proxy.labels,
         "metadata": c.info.metadata,
         "locality": c.info.locality.as_ref().map_or_else(
             || json!({}),

@@ -421,7 +421,7 @@ struct ListenerClass {
     namespace: String,
     /// Only when some VirtualService's TCP route matches on `sourceLabels`; the labels that
     /// pick the proxy's own services are covered by `targets`.
-    labels: Option<BTreeMap<String, String>>,
+    labels: Option<Arc<BTreeMap<String, String>>>,
     interception: String,
     targets: TargetSignature,
     ips: Option<Vec<IpAddr>>,
@@ -432,7 +432,7 @@ struct RouteClass {
     name: Arc<str>,
     namespace: String,
     dns_domain: String,
-    labels: Option<BTreeMap<String, String>>,
+    labels: Option<Arc<BTreeMap<String, String>>>,
 }
 
 /// The route configurations for one subscription.
@@ -441,7 +441,7 @@ struct RouteSetClass {
     names: Arc<NameSet>,
     namespace: String,
     dns_domain: String,
-    labels: Option<BTreeMap<String, String>>,
+    labels: Option<Arc<BTreeMap<String, String>>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -659,7 +659,7 @@ impl ResourceCache {
         &self,
         proxy: &Proxy,
         name: &Arc<str>,
-        labels: &Option<BTreeMap<String, String>>,
+        labels: &Option<Arc<BTreeMap<String, String>>>,
     ) -> Arc<Resource> {
         let class = RouteClass {
             name: name.clone(),
