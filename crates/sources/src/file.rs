@@ -184,9 +184,11 @@ impl FileSource {
                 self.dirty.insert(identity);
             }
         }
-        let Some(objects) = objects else {
+        let Some(mut objects) = objects else {
             return;
         };
+        // Kept until the file changes: without the slack of parsing's growth (up to half).
+        objects.shrink_to_fit();
         let shared: Arc<Path> = path.into();
         for (position, (_, object)) in objects.iter().enumerate() {
             let identity = (object.kind(), object.key());

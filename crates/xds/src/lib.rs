@@ -9,6 +9,7 @@
 mod connection;
 mod delta_request;
 mod grpc;
+mod intern;
 mod metrics;
 mod publish;
 mod registry;

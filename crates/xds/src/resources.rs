@@ -18,6 +18,7 @@
 //! connection therefore holds a few pointers per type, not a copy of every name it was sent.
 
 use crate::delta_request::{HeldVersions, name_order_key, version_key};
+use crate::intern::{ContentInterner, WeakTable};
 use crate::types::{ResourceType, TypeSet};
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -233,8 +234,7 @@ impl NameSet {
     }
 }
 
-/// Hands out one shared [`NameSet`] per distinct set of names. Sets nobody holds any more are
-/// swept whenever the table has doubled since the last sweep.
+/// Hands out one shared [`NameSet`] per distinct set of names.
 #[derive(Debug, Default)]
 struct NameSetInterner {
     table: Mutex<InternTable>,
@@ -242,11 +242,11 @@ struct NameSetInterner {
 
 #[derive(Debug, Default)]
 struct InternTable {
-    sets: HashMap<u64, Vec<Weak<NameSet>>>,
-    /// Request name lists seen (by fingerprint, order included) and the set each spelled.
+    sets: WeakTable<NameSet>,
+    /// Request name lists seen (by fingerprint, order included) and the set each spelled;
+    /// swept whenever it has doubled since the last sweep.
     lists: HashMap<u128, Weak<NameSet>>,
-    entries: usize,
-    sweep_at: usize,
+    lists_sweep_at: usize,
 }
 
 impl NameSetInterner {
@@ -263,28 +263,20 @@ impl NameSetInterner {
         let set = self.intern(build());
         let mut table = self.table.lock().expect("interner lock");
         table.lists.insert(fingerprint, Arc::downgrade(&set));
+        if table.lists.len() > table.lists_sweep_at {
+            table.lists.retain(|_, set| set.strong_count() > 0);
+            table.lists_sweep_at = (table.lists.len() * 2).max(64);
+        }
         set
     }
 
     fn intern(&self, set: NameSet) -> Arc<NameSet> {
-        let mut table = self.table.lock().expect("interner lock");
-        let bucket = table.sets.entry(set.hash).or_default();
-        if let Some(existing) = bucket.iter().filter_map(Weak::upgrade).find(|s| **s == set) {
-            return existing;
-        }
-        let shared = Arc::new(set);
-        bucket.push(Arc::downgrade(&shared));
-        table.entries += 1;
-        if table.entries > table.sweep_at {
-            table.sets.retain(|_, bucket| {
-                bucket.retain(|w| w.strong_count() > 0);
-                !bucket.is_empty()
-            });
-            table.lists.retain(|_, set| set.strong_count() > 0);
-            table.entries = table.sets.values().map(Vec::len).sum();
-            table.sweep_at = (table.entries * 2).max(64);
-        }
-        shared
+        let hash = set.hash;
+        self.table
+            .lock()
+            .expect("interner lock")
+            .sets
+            .share(hash, Arc::new(set), |a, b| a == b)
     }
 }
 
@@ -511,14 +503,18 @@ pub struct ResourceCache {
     endpoint_sets_before: Option<EndpointSetsBefore>,
     diffs: DashMap<(usize, usize), CachedDiff>,
     names: Arc<NameSetInterner>,
+    /// One copy of equal resources and sets across classes (and snapshots).
+    content: Arc<ContentInterner>,
     any_headless: bool,
     any_http_source_match: bool,
     any_tcp_source_match: bool,
 }
 
-/// A whole set built once per class.
+/// A whole set built once per class, and shared with the classes whose set holds the same
+/// resources.
 fn shared_set<K: Eq + std::hash::Hash>(
     cache: &DashMap<K, Resources>,
+    content: &ContentInterner,
     class: K,
     build: impl FnOnce() -> Vec<Arc<Resource>>,
 ) -> Resources {
@@ -527,7 +523,7 @@ fn shared_set<K: Eq + std::hash::Hash>(
     }
     // Built outside the map's lock: a build can take milliseconds and other classes must not
     // wait on it. Two proxies of one new class may both build it; the first insert wins.
-    let built = Arc::new(ResourceSet::new(build()));
+    let built = content.set(build());
     cache.entry(class).or_insert(built).clone()
 }
 
@@ -561,6 +557,7 @@ impl ResourceCache {
             endpoint_sets_before: None,
             diffs: DashMap::default(),
             names: Arc::default(),
+            content: Arc::default(),
         }
     }
 
@@ -580,6 +577,7 @@ impl ResourceCache {
         }
         next.endpoints = self.endpoints.clone();
         next.names = self.names.clone();
+        next.content = self.content.clone();
         if changes.is_workloads_only() {
             next.endpoint_sets_before = Some(EndpointSetsBefore {
                 sets: self.endpoint_sets.clone(),
@@ -612,10 +610,10 @@ impl ResourceCache {
             ipv4: proxy.ips.iter().any(IpAddr::is_ipv4),
             ipv6: proxy.ips.iter().any(IpAddr::is_ipv6),
         };
-        shared_set(&self.clusters, class, || {
+        shared_set(&self.clusters, &self.content, class, || {
             build_clusters(&self.snapshot, proxy)
                 .iter()
-                .map(|c| Resource::encode(&c.name, c))
+                .map(|c| self.content.resource(Resource::encode(&c.name, c)))
                 .collect()
         })
     }
@@ -629,10 +627,10 @@ impl ResourceCache {
             targets: TargetSignature::of(&self.snapshot, proxy),
             ips: self.any_headless.then(|| proxy.ips.clone()),
         };
-        shared_set(&self.listeners, class, || {
+        shared_set(&self.listeners, &self.content, class, || {
             build_listeners(&self.snapshot, proxy)
                 .iter()
-                .map(|l| Resource::encode(&l.name, l))
+                .map(|l| self.content.resource(Resource::encode(&l.name, l)))
                 .collect()
         })
     }
@@ -646,7 +644,7 @@ impl ResourceCache {
             dns_domain: proxy.dns_domain.clone(),
             labels: labels.clone(),
         };
-        shared_set(&self.route_sets, class, || {
+        shared_set(&self.route_sets, &self.content, class, || {
             names
                 .names
                 .iter()
@@ -672,7 +670,7 @@ impl ResourceCache {
         }
         let built = build_routes(&self.snapshot, proxy, &[name.to_string()]);
         let route = built.into_iter().next().unwrap_or_default();
-        let resource = Resource::encode(name, &route);
+        let resource = self.content.resource(Resource::encode(name, &route));
         self.routes.entry(class).or_insert(resource).clone()
     }
 
@@ -686,7 +684,7 @@ impl ResourceCache {
             .endpoint_sets_before
             .as_ref()
             .and_then(|b| Some((b.sets.get(&class)?.clone(), &b.hosts)));
-        shared_set(&self.endpoint_sets, class, || {
+        shared_set(&self.endpoint_sets, &self.content, class, || {
             let namespace: Arc<str> = proxy.namespace.as_str().into();
             match before {
                 // Same names, same order: keep every assignment whose service kept its
@@ -726,7 +724,7 @@ impl ResourceCache {
         }
         let built = build_endpoints(&self.snapshot, proxy, &[name.to_string()]);
         let assignment = built.into_iter().next().unwrap_or_default();
-        let resource = Resource::encode(name, &assignment);
+        let resource = self.content.resource(Resource::encode(name, &assignment));
         self.endpoints.insert(
             class,
             CachedAssignment {
@@ -826,11 +824,11 @@ mod tests {
             &cache.routes(&a, &routes_a),
             &cache.routes(&b, &routes_b)
         ));
-        // Another namespace is another class (DestinationRule lookup, short host names).
-        assert!(!Arc::ptr_eq(
-            &cache.clusters(&a),
-            &cache.clusters(&other_ns)
-        ));
+        // Another namespace is another class (DestinationRule lookup, short host names), but
+        // where its clusters come out byte for byte the same, it shares the one set.
+        let (mine, theirs) = (cache.clusters(&a), cache.clusters(&other_ns));
+        assert!(mine.iter().zip(theirs.iter()).all(|(x, y)| x.any == y.any));
+        assert!(Arc::ptr_eq(&mine, &theirs));
         // A proxy selected by a service has inbound config of its own.
         let backend = proxy("10.130.0.1", "svc-1-v1-0", "ns-1", "svc-1");
         assert!(!Arc::ptr_eq(
@@ -885,9 +883,13 @@ mod tests {
         let affected = crate::types::affected_types(&changes, &snapshot);
         let after = before.next(snapshot, &changes, affected);
         let new = after.endpoints(&client, &names);
+        // Other services' assignments are kept; svc-1's are rebuilt, and one that comes out
+        // the same (v1, below) is the old copy again.
         for (o, n) in old.iter().zip(new.iter()) {
             let touched = n.name.ends_with("|svc-1.ns-1.svc.cluster.local");
-            assert_eq!(!touched, Arc::ptr_eq(o, n), "{}", n.name);
+            let unchanged = o.any == n.any;
+            assert_eq!(unchanged, Arc::ptr_eq(o, n), "{}", n.name);
+            assert!(touched || unchanged, "{}", n.name);
         }
         // svc-1 lost its v2 endpoint: the default and v2 assignments changed, v1 did not.
         let diff = after.diff(&old, &new);
