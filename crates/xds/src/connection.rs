@@ -19,7 +19,7 @@ use crate::delta_request::{DeltaRequest, HeldVersions, sort_names_for_matching};
 use crate::request::{SotwRequest, fingerprint_name_bytes, fingerprint_names};
 use crate::resources::{NameSet, Resource, ResourceCache, Resources, SetDiff};
 use crate::response::{Batch, DeltaResponse, SotwResponse};
-use crate::types::{ResourceType, TypeSet};
+use crate::types::{ByTypeUrl, ResourceType, TypeSet};
 use meshpilot_model::{ObjectKey, Proxy};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -170,7 +170,7 @@ pub struct Connection {
     /// Labels from node metadata, used when the pod is not (yet) known.
     metadata_labels: Arc<BTreeMap<String, String>>,
     flavor: Flavor,
-    watches: BTreeMap<String, Watch>,
+    watches: ByTypeUrl<Watch>,
     nonce_counter: u64,
     control_plane: Arc<str>,
     /// NACKs seen since the edge last drained them.
@@ -185,7 +185,7 @@ impl Connection {
             metadata_labels: proxy.labels.clone(),
             proxy,
             flavor,
-            watches: BTreeMap::new(),
+            watches: ByTypeUrl::new(),
             nonce_counter: 0,
             control_plane: control_plane_id.into(),
             nacks: Vec::new(),
@@ -205,7 +205,7 @@ impl Connection {
         self.flavor
     }
 
-    pub fn watches(&self) -> &BTreeMap<String, Watch> {
+    pub fn watches(&self) -> &ByTypeUrl<Watch> {
         &self.watches
     }
 

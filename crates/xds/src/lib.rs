@@ -31,4 +31,4 @@ pub use request::SotwRequest;
 pub use resources::{NameSet, Resource, ResourceCache, ResourceSet, Resources, SetDiff};
 pub use response::{DeltaResponse, SotwResponse};
 pub use server::AdsService;
-pub use types::{ResourceType, TypeSet, affected_types};
+pub use types::{ByTypeUrl, ResourceType, TypeSet, affected_types};

@@ -5,14 +5,14 @@
 use crate::connection::{Connection, Flavor, Held, Watch};
 use crate::publish::Published;
 use crate::resources::NameSet;
-use crate::types::{ResourceType, TypeSet};
+use crate::types::{ByTypeUrl, ResourceType, TypeSet};
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::core::v3::Locality;
 use meshpilot_model::Proxy;
 use meshpilot_translate::dump::{self, DumpError};
 use meshpilot_translate::type_urls;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -97,7 +97,7 @@ pub struct ConnectionStatus {
     /// The proxy as last refreshed from the snapshot (pod labels win over metadata labels).
     pub proxy: Proxy,
     /// Keyed by type URL.
-    pub watches: BTreeMap<String, WatchStatus>,
+    pub watches: ByTypeUrl<WatchStatus>,
     /// The published state the connection last computed responses from.
     pub pushed_from: Arc<Published>,
     /// When the connection last sent any response.
@@ -112,7 +112,7 @@ impl ConnectionStatus {
         &mut self,
         connection: &Connection,
         touched: Option<TypeSet>,
-        sent_at: &BTreeMap<String, SystemTime>,
+        sent_at: &ByTypeUrl<SystemTime>,
         pushed_from: &Arc<Published>,
         last_push: Option<SystemTime>,
     ) {
@@ -121,13 +121,13 @@ impl ConnectionStatus {
         }
         let watches = connection.watches();
         let all = touched.is_none() || self.watches.len() != watches.len();
-        let mut refresh = |url: &String, watch: &Watch| {
+        let mut refresh = |url: &str, watch: &Watch| {
             let sent_at = sent_at.get(url).copied();
             match self.watches.get_mut(url) {
                 Some(status) => status.refresh(watch, sent_at),
                 None => {
                     self.watches
-                        .insert(url.clone(), WatchStatus::of(watch, sent_at));
+                        .insert(url.to_owned(), WatchStatus::of(watch, sent_at));
                 }
             }
         };
@@ -137,8 +137,8 @@ impl ConnectionStatus {
                     .into_iter()
                     .filter(|k| types.contains(*k))
                 {
-                    if let Some((url, watch)) = watches.get_key_value(kind.type_url()) {
-                        refresh(url, watch);
+                    if let Some(watch) = watches.get(kind.type_url()) {
+                        refresh(kind.type_url(), watch);
                     }
                 }
             }
@@ -367,7 +367,7 @@ mod tests {
     fn status(id: &str, connected_at: SystemTime) -> ConnectionStatus {
         let proxy = Proxy::from_node(NODE, &ProxyMetadata::default()).unwrap();
         let cluster = "outbound|9080||reviews.default.svc.cluster.local";
-        let watches = BTreeMap::from([
+        let watches = ByTypeUrl::from_iter([
             (
                 type_urls::CLUSTER.to_string(),
                 WatchStatus {
@@ -436,7 +436,7 @@ mod tests {
             .to_string();
         let mut status = status("c-1", SystemTime::now());
         status.watches.clear();
-        let times = BTreeMap::new();
+        let times = ByTypeUrl::new();
         status.refresh(
             &connection,
             Some(TypeSet::default()),
@@ -445,17 +445,33 @@ mod tests {
             None,
         );
         assert_eq!(status.watches.len(), 2, "new watches are always copied");
-        assert_eq!(status.watches[cds].sent_nonce, cds_nonce);
-        assert_eq!(status.watches[lds].sent_nonce, lds_nonce);
+        assert_eq!(
+            status.watches.get(cds).expect("watched").sent_nonce,
+            cds_nonce
+        );
+        assert_eq!(
+            status.watches.get(lds).expect("watched").sent_nonce,
+            lds_nonce
+        );
         connection.on_sotw_request(request(cds, &cds_nonce), &ctx);
         connection.on_sotw_request(request(lds, &lds_nonce), &ctx);
         let mut clusters = TypeSet::default();
         clusters.insert(ResourceType::Cluster);
         status.refresh(&connection, Some(clusters), &times, &published, None);
-        assert_eq!(status.watches[cds].acked_nonce, cds_nonce);
-        assert_eq!(status.watches[lds].acked_nonce, "", "untouched: not copied");
+        assert_eq!(
+            status.watches.get(cds).expect("watched").acked_nonce,
+            cds_nonce
+        );
+        assert_eq!(
+            status.watches.get(lds).expect("watched").acked_nonce,
+            "",
+            "untouched: not copied"
+        );
         status.refresh(&connection, None, &times, &published, None);
-        assert_eq!(status.watches[lds].acked_nonce, lds_nonce);
+        assert_eq!(
+            status.watches.get(lds).expect("watched").acked_nonce,
+            lds_nonce
+        );
     }
 
     #[test]

@@ -8,10 +8,9 @@ use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
 use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus};
 use crate::request::SotwRequest;
-use crate::types::{ResourceType, TypeSet};
+use crate::types::{ByTypeUrl, ResourceType, TypeSet};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meshpilot_model::{Proxy, ProxyMetadata};
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -276,7 +275,7 @@ async fn serve_stream(
     let _registration = inner.registry.register(ConnectionStatus {
         info: info.clone(),
         proxy: connection.proxy().clone(),
-        watches: BTreeMap::new(),
+        watches: ByTypeUrl::new(),
         pushed_from: current.clone(),
         last_push: None,
     });
@@ -380,7 +379,7 @@ async fn serve_stream(
 /// What the stream task itself knows about delivery: times (the [`Connection`] has no clock).
 #[derive(Default)]
 struct Delivery {
-    sent_at: BTreeMap<String, SystemTime>,
+    sent_at: ByTypeUrl<SystemTime>,
     last_push: Option<SystemTime>,
     /// When the oldest publish not yet fully delivered to this proxy happened.
     converging: Option<Instant>,

@@ -122,6 +122,10 @@ pub fn affected_types(changes: &ChangeSet, snapshot: &Snapshot) -> TypeSet {
     set
 }
 
+/// Per-type state of one connection, by type URL: a few entries in one sorted vector. (A
+/// `BTreeMap` allocates a node for eleven, ~2 KB per map and connection for a watch.)
+pub type ByTypeUrl<V> = litemap::LiteMap<String, V>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -180,7 +180,7 @@ fn synced_sotw(mesh: &Mesh) -> (Connection, HashMap<&'static str, String>) {
 fn ack_is_recorded_and_answered_with_nothing() {
     let mesh = Mesh::new();
     let (c, nonces) = synced_sotw(&mesh);
-    let watch = &c.watches()[CLUSTER];
+    let watch = &watch(&c, CLUSTER);
     assert_eq!(watch.acked_nonce.as_ref(), Some(&nonces[CLUSTER]));
     assert!(!watch.pending);
     assert!(watch.last_error.is_none());
@@ -213,8 +213,8 @@ fn nack_is_counted_and_never_resent() {
     assert_eq!(nacks.len(), 1);
     assert_eq!(nacks[0].nonce, rds.nonce);
     assert_eq!(nacks[0].error, "rejected by test");
-    assert_eq!(c.watches()[ROUTE].nacks, 1);
-    assert!(!c.watches()[ROUTE].pending);
+    assert_eq!(watch(&c, ROUTE).nacks, 1);
+    assert!(!watch(&c, ROUTE).pending);
     // Repeating the NACK (Envoy re-sends its request) does not loop.
     assert!(
         c.on_sotw_request(nack(ROUTE, &["9080"], &rds.nonce), &ctx)
@@ -243,12 +243,12 @@ fn stale_nonce_is_ignored() {
         c.on_sotw_request(sotw(ROUTE, &["9080"], &nonces[ROUTE]), &ctx)
             .is_empty()
     );
-    assert!(c.watches()[ROUTE].pending);
+    assert!(watch(&c, ROUTE).pending);
     assert!(
         c.on_sotw_request(sotw(ROUTE, &["9080"], &rds.nonce), &ctx)
             .is_empty()
     );
-    assert!(!c.watches()[ROUTE].pending);
+    assert!(!watch(&c, ROUTE).pending);
 }
 
 #[test]
@@ -299,7 +299,7 @@ fn subscription_changes_answer_only_added_names() {
         c.on_sotw_request(sotw(ENDPOINT, &[V1], &added.nonce), &ctx)
             .is_empty()
     );
-    assert_eq!(c.watches()[ENDPOINT].names.len(), 1);
+    assert_eq!(watch(&c, ENDPOINT).names.len(), 1);
 }
 
 #[test]
@@ -308,17 +308,17 @@ fn repeated_and_reordered_name_lists_are_the_same_subscription() {
     let (mut c, nonces) = synced_sotw(&mesh);
     let ctx = mesh.ctx();
     let default = format!("outbound|9080||{REVIEWS}");
-    let subscribed = c.watches()[ENDPOINT].names.clone();
+    let subscribed = watch(&c, ENDPOINT).names.clone();
     // The same names in another order, and repeated: nothing to answer, same interned set.
     let reordered = sotw(ENDPOINT, &[V2, V1, V2], &nonces[ENDPOINT]);
     assert!(c.on_sotw_request(reordered, &ctx).is_empty());
-    assert!(Arc::ptr_eq(&subscribed, &c.watches()[ENDPOINT].names));
+    assert!(Arc::ptr_eq(&subscribed, &watch(&c, ENDPOINT).names));
     // A list of the same length with one name replaced is a change.
     let mut c2 = synced_sotw(&mesh).0;
-    let nonce = c2.watches()[ENDPOINT].last_sent_nonce.clone().unwrap();
+    let nonce = watch(&c2, ENDPOINT).last_sent_nonce.clone().unwrap();
     let out = c2.on_sotw_request(sotw(ENDPOINT, &[V1, &default], &nonce), &ctx);
     assert_eq!(names_of_assignments(&one(out)), [default]);
-    assert!(!c2.watches()[ENDPOINT].names.contains(V2));
+    assert!(!watch(&c2, ENDPOINT).names.contains(V2));
 }
 
 #[test]
@@ -389,14 +389,11 @@ fn delta_reconnects_naming_the_same_held_assignments_share_one_subscription() {
         ));
         assert!(out.resources.is_empty(), "the proxy holds every version");
         assert!(out.removed_resources.is_empty());
-        reconnected.push(again.watches()[ENDPOINT].names.clone());
+        reconnected.push(watch(&again, ENDPOINT).names.clone());
     }
     // Two maps of the same names (each in its own order) and the first subscription: one set.
     assert!(Arc::ptr_eq(&reconnected[0], &reconnected[1]));
-    assert!(Arc::ptr_eq(
-        &reconnected[0],
-        &first.watches()[ENDPOINT].names
-    ));
+    assert!(Arc::ptr_eq(&reconnected[0], &watch(&first, ENDPOINT).names));
 }
 
 #[test]
@@ -468,7 +465,7 @@ fn delta_subscribe_unsubscribe_and_ack() {
         ..Default::default()
     });
     assert!(c.on_delta_request(ack, &ctx).is_empty());
-    assert_eq!(c.watches()[ENDPOINT].acked_nonce.as_ref(), Some(&eds.nonce));
+    assert_eq!(watch(&c, ENDPOINT).acked_nonce.as_ref(), Some(&eds.nonce));
     let more = delta_one(c.on_delta_request(
         DeltaRequest::from(DeltaDiscoveryRequest {
             type_url: ENDPOINT.into(),
@@ -487,7 +484,7 @@ fn delta_subscribe_unsubscribe_and_ack() {
         &ctx,
     );
     assert!(none.is_empty());
-    assert!(!c.watches()[ENDPOINT].names.contains(V1));
+    assert!(!watch(&c, ENDPOINT).names.contains(V1));
 }
 
 #[test]
@@ -503,12 +500,12 @@ fn sidecars_subscribing_one_list_share_one_set_across_protocol_variants() {
     let mut second = connection(Flavor::Delta);
     first.on_delta_request(subscribe.clone(), &ctx);
     second.on_delta_request(subscribe, &ctx);
-    let set = &first.watches()[ENDPOINT].names;
-    assert!(Arc::ptr_eq(set, &second.watches()[ENDPOINT].names));
+    let set = &watch(&first, ENDPOINT).names;
+    assert!(Arc::ptr_eq(set, &watch(&second, ENDPOINT).names));
     assert!(set.contains(V1) && set.contains(V2) && set.len() == 2);
     let mut third = connection(Flavor::Sotw);
     third.on_sotw_request(sotw(ENDPOINT, &[V2, V1], ""), &ctx);
-    assert!(Arc::ptr_eq(set, &third.watches()[ENDPOINT].names));
+    assert!(Arc::ptr_eq(set, &watch(&third, ENDPOINT).names));
 }
 
 #[test]
@@ -551,7 +548,7 @@ fn delta_nack_keeps_state_and_does_not_loop() {
         1,
         "a repeated NACK of the same nonce is stale"
     );
-    assert_eq!(c.watches()[ROUTE].last_error.as_deref(), Some("bad route"));
+    assert_eq!(watch(&c, ROUTE).last_error.as_deref(), Some("bad route"));
 }
 
 #[test]
@@ -587,4 +584,11 @@ fn delta_wildcard_removal_is_reported() {
     };
     assert_eq!(cds.type_url, CLUSTER);
     assert_eq!(cds.removed_resources, [Arc::from(V2)]);
+}
+
+fn watch<'c>(connection: &'c Connection, type_url: &str) -> &'c Watch {
+    connection
+        .watches()
+        .get(type_url)
+        .expect("a watch of the type")
 }
