@@ -288,31 +288,26 @@ pub struct SetDiff {
 }
 
 impl SetDiff {
-    /// `new` against what a proxy holds: `held(name)` is its version, if any, of `held_count`
-    /// distinct `held_names`. When every held name is in `new` (the usual case, found while
-    /// looking for changes) nothing was removed, and the held names are not looked up again.
-    fn between<'a>(
-        held: impl Fn(&str) -> Option<&'a str>,
-        held_count: usize,
-        held_names: impl Iterator<Item = &'a str>,
-        new: &ResourceSet,
-    ) -> Self {
+    /// `new` against `old`, the set a proxy holds. When every held name is in `new` (the usual
+    /// case, found while looking for changes) nothing was removed, and the held names are not
+    /// looked up again.
+    fn between(old: &ResourceSet, new: &ResourceSet) -> Self {
         let mut still_held = 0;
         let changed = new
             .iter()
             .filter(|r| {
-                let version = held(&r.name);
+                let version = old.get(&r.name).map(|held| &held.version);
                 still_held += usize::from(version.is_some());
-                version != Some(&*r.version)
+                version != Some(&r.version)
             })
             .cloned()
             .collect();
-        let removed = if still_held == held_count {
+        let removed = if still_held == old.by_name.len() {
             Vec::new()
         } else {
-            held_names
-                .filter(|n| new.get(n).is_none())
-                .map(Arc::from)
+            old.iter()
+                .filter(|r| new.get(&r.name).is_none())
+                .map(|r| r.name.clone())
                 .collect()
         };
         SetDiff { changed, removed }
@@ -760,14 +755,8 @@ impl ResourceCache {
         if let Some(hit) = self.diffs.get(&key) {
             return hit.diff.clone();
         }
-        let diff = Arc::new(SetDiff::aligned(old, new).unwrap_or_else(|| {
-            SetDiff::between(
-                |name| old.get(name).map(|r| &*r.version),
-                old.by_name.len(),
-                old.iter().map(|r| &*r.name),
-                new,
-            )
-        }));
+        let diff =
+            Arc::new(SetDiff::aligned(old, new).unwrap_or_else(|| SetDiff::between(old, new)));
         self.diffs.insert(
             key,
             CachedDiff {
