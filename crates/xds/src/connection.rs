@@ -283,22 +283,24 @@ impl Connection {
         let is_new = !self.watches.contains_key(&req.type_url);
         let watch = self.watches.entry(req.type_url.clone()).or_default();
         if is_new {
-            let explicit: Vec<&str> = req.subscribe.iter().filter(|n| *n != "*").collect();
+            // Bytes: the strings were checked when the request was decoded.
+            let explicit: Vec<&[u8]> = req.subscribe.iter_bytes().filter(|n| *n != b"*").collect();
             watch.wildcard = kind.is_none_or(ResourceType::is_wildcard)
-                && (explicit.is_empty() || req.subscribe.iter().any(|n| n == "*"));
+                && (explicit.is_empty() || req.subscribe.iter_bytes().any(|n| n == b"*"));
             if !watch.wildcard {
                 // Versions the proxy already holds (after a reconnect) count as subscriptions.
                 // Those come from a map in no particular order: sorted, sidecars of one class
                 // name one list again, and its set is built once.
                 let held = &req.initial_resource_versions;
-                watch.names = if !held.is_empty() && explicit.iter().all(|n| held.contains(n)) {
+                watch.names = if !held.is_empty() && explicit.iter().all(|n| held.contains_bytes(n))
+                {
                     // The usual reconnect: it subscribes to what it holds, already in order,
                     // and the names are read as text only for a list not seen before.
                     let fingerprint = fingerprint_name_bytes(held.name_bytes());
                     ctx.cache
                         .intern_list(fingerprint, || NameSet::new(held.names()))
                 } else {
-                    let mut names = explicit;
+                    let mut names: Vec<&str> = req.subscribe.iter().filter(|n| *n != "*").collect();
                     if !held.is_empty() {
                         names.extend(held.names());
                         sort_names_for_matching(&mut names);

@@ -62,6 +62,11 @@ impl WireStrings {
         self.spans.iter().map(|span| span.str(&self.bytes))
     }
 
+    /// The strings' bytes: [`WireStrings::iter`] without checking UTF-8 again.
+    pub fn iter_bytes(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.spans.iter().map(|span| span.bytes(&self.bytes))
+    }
+
     pub fn len(&self) -> usize {
         self.spans.len()
     }
@@ -107,17 +112,21 @@ pub struct HeldVersions {
 }
 
 impl HeldVersions {
-    fn position(&self, name: &str) -> Option<usize> {
-        let wanted = name_order_key(name.as_bytes());
+    fn position(&self, name: &[u8]) -> Option<usize> {
+        let wanted = name_order_key(name);
         self.entries.binary_search_by_key(&wanted, |e| e.key).ok()
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.position(name)
+        self.position(name.as_bytes())
             .map(|i| self.entries[i].version.str(&self.bytes))
     }
 
     pub fn contains(&self, name: &str) -> bool {
+        self.contains_bytes(name.as_bytes())
+    }
+
+    pub fn contains_bytes(&self, name: &[u8]) -> bool {
         self.position(name).is_some()
     }
 
@@ -172,6 +181,11 @@ impl DeltaRequest {
         let mut unsubscribe = Vec::new();
         let mut versions = Vec::new();
         let ctx = DecodeContext::default();
+        // A request of ASCII bytes only (the usual one: no node, no long field) holds only valid
+        // strings, which then need no check one by one.
+        let strings = Strings {
+            checked: frame.is_ascii(),
+        };
         let mut rest: &[u8] = &frame;
         while rest.has_remaining() {
             let (tag, wire_type) = decode_key(&mut rest)?;
@@ -180,9 +194,9 @@ impl DeltaRequest {
                     check_wire_type(WireType::LengthDelimited, wire_type)?;
                     let payload = take_payload(&frame, &mut rest)?;
                     match tag {
-                        SUBSCRIBE => subscribe.push(text(&frame, payload)?),
-                        UNSUBSCRIBE => unsubscribe.push(text(&frame, payload)?),
-                        _ => versions.push(map_entry(&frame, payload)?),
+                        SUBSCRIBE => subscribe.push(strings.text(&frame, payload)?),
+                        UNSUBSCRIBE => unsubscribe.push(strings.text(&frame, payload)?),
+                        _ => versions.push(strings.map_entry(&frame, payload)?),
                     }
                 }
                 NODE => message::merge(
@@ -261,36 +275,48 @@ fn take_payload(frame: &[u8], rest: &mut &[u8]) -> Result<Range<usize>, DecodeEr
     Ok(start..start + len as usize)
 }
 
-fn text(frame: &[u8], range: Range<usize>) -> Result<Span, DecodeError> {
-    std::str::from_utf8(&frame[range.clone()])
-        .map_err(|_| invalid("invalid string value: data is not UTF-8 encoded"))?;
-    Ok(Span::of(range))
+/// How a request's strings are checked to be UTF-8.
+#[derive(Clone, Copy)]
+struct Strings {
+    /// The whole request is known to be valid (ASCII).
+    checked: bool,
 }
 
-/// A `map<string, string>` entry: key (1) and value (2), either of which may be absent.
-fn map_entry(frame: &[u8], entry: Range<usize>) -> Result<(Span, Span), DecodeError> {
-    let mut key = Span::of(entry.start..entry.start);
-    let mut value = key;
-    // Offsets are taken from the end of what is left, so the frame is cut at the entry's end.
-    let frame = &frame[..entry.end];
-    let mut rest = frame;
-    rest.advance(entry.start);
-    while rest.has_remaining() {
-        let (tag, wire_type) = decode_key(&mut rest)?;
-        match tag {
-            1 | 2 => {
-                check_wire_type(WireType::LengthDelimited, wire_type)?;
-                let span = text(frame, take_payload(frame, &mut rest)?)?;
-                if tag == 1 {
-                    key = span;
-                } else {
-                    value = span;
-                }
-            }
-            _ => skip_field(wire_type, tag, &mut rest, DecodeContext::default())?,
+impl Strings {
+    fn text(self, frame: &[u8], range: Range<usize>) -> Result<Span, DecodeError> {
+        if !self.checked {
+            std::str::from_utf8(&frame[range.clone()])
+                .map_err(|_| invalid("invalid string value: data is not UTF-8 encoded"))?;
         }
+        Ok(Span::of(range))
     }
-    Ok((key, value))
+
+    /// A `map<string, string>` entry: key (1) and value (2), either of which may be absent.
+    fn map_entry(self, frame: &[u8], entry: Range<usize>) -> Result<(Span, Span), DecodeError> {
+        let mut key = Span::of(entry.start..entry.start);
+        let mut value = key;
+        // Offsets are taken from the end of what is left, so the frame is cut at the entry's
+        // end.
+        let frame = &frame[..entry.end];
+        let mut rest = frame;
+        rest.advance(entry.start);
+        while rest.has_remaining() {
+            let (tag, wire_type) = decode_key(&mut rest)?;
+            match tag {
+                1 | 2 => {
+                    check_wire_type(WireType::LengthDelimited, wire_type)?;
+                    let span = self.text(frame, take_payload(frame, &mut rest)?)?;
+                    if tag == 1 {
+                        key = span;
+                    } else {
+                        value = span;
+                    }
+                }
+                _ => skip_field(wire_type, tag, &mut rest, DecodeContext::default())?,
+            }
+        }
+        Ok((key, value))
+    }
 }
 
 #[cfg(test)]
@@ -392,5 +418,9 @@ mod tests {
         assert!(DeltaRequest::decode_frame(Bytes::from_static(&[0x1a, 1, 0xff])).is_err());
         // initial_resource_versions = { "\xff": "" }
         assert!(DeltaRequest::decode_frame(Bytes::from_static(&[0x2a, 3, 0x0a, 1, 0xff])).is_err());
+        // A request that is not all ASCII has its strings checked one by one: "é" is valid.
+        let accented = DeltaRequest::decode_frame(Bytes::from_static(&[0x1a, 2, 0xc3, 0xa9]))
+            .expect("valid UTF-8");
+        assert_eq!(accented.subscribe.iter().collect::<Vec<_>>(), ["é"]);
     }
 }
