@@ -20,7 +20,7 @@ use clap::Parser;
 
 // jemalloc, with the settings in `.cargo/config.toml`, gives freed pages back to the OS
 // within a second: a burst of connecting sidecars no longer leaves its buffers in the
-// steady-state RSS (2,000 held sidecars: glibc 157-167 MiB, jemalloc 141 MiB).
+// steady-state RSS (2,000 held sidecars: glibc 157-167 MiB, jemalloc 141-147 MiB).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

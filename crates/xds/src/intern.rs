@@ -125,11 +125,11 @@ fn same_copies(a: &[Arc<Resource>], b: &[Arc<Resource>]) -> bool {
 /// resources make of equal content; a live set's items cannot be freed and their addresses
 /// reused while it is compared against.
 fn items_key(items: &[Arc<Resource>]) -> u64 {
-    let addresses: Vec<u8> = items
-        .iter()
-        .flat_map(|r| (Arc::as_ptr(r) as usize).to_le_bytes())
-        .collect();
-    xxhash_rust::xxh3::xxh3_64(&addresses)
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for item in items {
+        hasher.update(&(Arc::as_ptr(item) as usize).to_le_bytes());
+    }
+    hasher.digest()
 }
 
 #[cfg(test)]
