@@ -93,6 +93,8 @@ pub struct CanaryOptions {
     pub mesh_source: PathBuf,
     /// Short namespace-name prefix for this run (1–4 lowercase letters).
     pub prefix: &'static str,
+    /// Run meshpilot with `--vhds`: virtual hosts over Envoy's VHDS stream.
+    pub vhds: bool,
 }
 
 /// Result of a run of requests from the app.
@@ -119,6 +121,7 @@ pub struct CanaryMesh {
     mesh_dir: PathBuf,
     tls_dir: PathBuf,
     tools: Tools,
+    vhds: bool,
     fabric: Fabric,
 }
 
@@ -155,6 +158,7 @@ impl CanaryMesh {
             &tools,
             &mesh_dir,
             &tls_dir,
+            options.vhds,
         )?);
 
         // istio-init: the nat rules, applied by `meshpilot iptables` inside the client pod.
@@ -236,6 +240,7 @@ impl CanaryMesh {
             mesh_dir,
             tls_dir,
             tools,
+            vhds: options.vhds,
             fabric,
         };
         // Then config: the header route reaching v2 means LDS, RDS, CDS and EDS all arrived.
@@ -391,6 +396,7 @@ impl CanaryMesh {
                 &self.tools,
                 &self.mesh_dir,
                 &self.tls_dir,
+                self.vhds,
             )?);
         }
         Ok(())
@@ -428,7 +434,14 @@ fn client_args(
     args
 }
 
-fn start_control_plane(pod: &Pod, tools: &Tools, mesh: &Path, tls: &Path) -> Result<Child> {
+fn start_control_plane(
+    pod: &Pod,
+    tools: &Tools,
+    mesh: &Path,
+    tls: &Path,
+    vhds: bool,
+) -> Result<Child> {
+    let vhds_flag: &[&std::ffi::OsStr] = if vhds { &["--vhds".as_ref()] } else { &[] };
     let mut cp = pod.spawn(
         &[
             tools.meshpilot.as_os_str(),
@@ -441,7 +454,10 @@ fn start_control_plane(pod: &Pod, tools: &Tools, mesh: &Path, tls: &Path) -> Res
             CONTROL_PLANE_IP.as_ref(),
             "--monitoring-addr".as_ref(),
             "0.0.0.0:15014".as_ref(),
-        ],
+        ]
+        .into_iter()
+        .chain(vhds_flag.iter().copied())
+        .collect::<Vec<_>>(),
         None,
     )?;
     cp.wait_for_output("serving", Duration::from_secs(20))?;

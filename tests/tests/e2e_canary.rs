@@ -25,6 +25,7 @@ fn options(xds_api: XdsApi, tls: bool, prefix: &'static str) -> CanaryOptions {
         tls,
         mesh_source: workspace_root().join("deploy/examples"),
         prefix,
+        vhds: false,
     }
 }
 
@@ -239,6 +240,52 @@ fn delta_sidecar_canary_end_to_end() -> Result<()> {
 #[test]
 fn sotw_sidecar_canary_end_to_end() -> Result<()> {
     full_scenario(XdsApi::Sotw, "mps")
+}
+
+/// `--vhds`: route configuration "9080" carries no virtual hosts; Envoy takes them from
+/// meshpilot's VHDS stream (its own delta stream, next to a SotW ADS stream here), and a
+/// VirtualService edit reaches it as a virtual host update without an RDS update.
+#[test]
+fn vhds_serves_the_canary_and_its_edits() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mesh = CanaryMesh::start(
+        Tools::locate()?,
+        &CanaryOptions {
+            vhds: true,
+            ..options(XdsApi::Sotw, false, "mpv")
+        },
+    )?;
+    let tally = mesh.requests(2000, &[])?;
+    assert_all_ok(&tally, 2000);
+    assert_binomial(tally.count("v2"), 2000, 0.1, "v2 share over VHDS");
+    let jason = mesh.requests(100, &[("end-user", "jason")])?;
+    assert_eq!(jason.count("v2"), 100, "{jason:?}");
+
+    let vhds_reloads = |mesh: &CanaryMesh| -> Result<u64> {
+        let stats = mesh.envoy_stats()?;
+        Ok(stat_values(&stats, ".vhds.9080.config_reload")
+            .iter()
+            .map(|(_, v)| v)
+            .sum())
+    };
+    let reloads = vhds_reloads(&mesh)?;
+    ensure!(reloads >= 1, "Envoy took no VHDS update\n{}", mesh.logs());
+    let rds_before = route_updates(&mesh)?;
+    mesh.write_mesh_file("reviews-canary.yaml", &fixture("reviews-50-50.yaml")?)?;
+    await_route_weight(&mesh, REVIEWS_V1, 50, Duration::from_secs(2))?;
+    ensure!(
+        vhds_reloads(&mesh)? > reloads,
+        "the edit did not arrive as a VHDS update"
+    );
+    ensure!(
+        route_updates(&mesh)? == rds_before,
+        "the edit resent route configuration 9080"
+    );
+    let tally = mesh.requests(2000, &[])?;
+    assert_all_ok(&tally, 2000);
+    assert_binomial(tally.count("v2"), 2000, 0.5, "v2 share at 50/50 over VHDS");
+    assert_no_rejections(&mesh)?;
+    Ok(())
 }
 
 #[test]

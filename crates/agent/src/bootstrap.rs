@@ -40,7 +40,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// The static cluster that carries the ADS stream to the control plane.
-pub const XDS_CLUSTER: &str = "xds-grpc";
+pub const XDS_CLUSTER: &str = meshpilot_translate::names::XDS_CLUSTER;
 /// The static cluster pointing at Envoy's own admin interface.
 pub const ADMIN_CLUSTER: &str = "prometheus_stats";
 pub const ADMIN_PORT: u16 = 15000;

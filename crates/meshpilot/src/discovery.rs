@@ -8,7 +8,9 @@ use clap::Args;
 use meshpilot_model::{ChangeSet, Index, Kind};
 use meshpilot_sources::FileSource;
 use meshpilot_sources::kubernetes::{self, KubernetesConfig};
-use meshpilot_xds::{AdsService, DebounceConfig, Debouncer, Publisher, XdsMetrics, tls};
+use meshpilot_xds::{
+    AdsService, CacheOptions, DebounceConfig, Debouncer, Publisher, XdsMetrics, tls,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -72,6 +74,12 @@ pub struct DiscoveryArgs {
     /// ...and at the latest this long after the first change when only endpoints changed.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub debounce_endpoints_max: Duration,
+    /// Serve route configurations' virtual hosts over VHDS (Envoy's delta
+    /// `VirtualHostDiscoveryService`, a stream of its own) instead of inline, so a
+    /// VirtualService edit sends only the virtual hosts it changed. Off by default: istiod
+    /// sends them inline, and virtual host names become `<route configuration>/<host>`.
+    #[arg(long)]
+    pub vhds: bool,
     /// gRPC keepalive ping interval.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub keepalive_interval: Duration,
@@ -127,7 +135,8 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
         Some(watcher)
     };
     let snapshot = index.lock().expect("index lock").snapshot();
-    let (publisher, published) = Publisher::new(snapshot);
+    let (publisher, published) =
+        Publisher::with_options(snapshot, CacheOptions { vhds: args.vhds });
     let (shutdown_tx, shutdown) = watch::channel(false);
     let metrics = Arc::new(XdsMetrics::default());
     tokio::spawn(debounce(
@@ -208,10 +217,12 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
         .with_context(|| format!("listening for TLS gRPC on {}", args.secure_grpc_addr))?;
     let plaintext = builder()
         .add_service(service.clone().into_server())
+        .add_service(service.vhds_server())
         .serve_with_incoming_shutdown(plaintext_listener, stopped(shutdown.clone()));
     let secure = builder()
         .tls_config(tls_config)
         .context("TLS configuration")?
+        .add_service(service.vhds_server())
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(secure_listener, stopped(shutdown.clone()));
     let monitor = monitoring::serve(

@@ -67,6 +67,7 @@ pub const RENDERED_TYPES: &[&str] = &[
     "envoy.config.listener.v3.Listener",
     "envoy.config.route.v3.RouteConfiguration",
     "envoy.config.endpoint.v3.ClusterLoadAssignment",
+    "envoy.config.route.v3.VirtualHost",
     "envoy.extensions.filters.http.cors.v3.Cors",
     "envoy.extensions.filters.http.fault.v3.HTTPFault",
     "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",

@@ -16,6 +16,7 @@ pub mod names;
 mod policy;
 mod routes;
 mod targets;
+pub mod vhds;
 
 pub use clusters::build_clusters;
 pub use endpoints::build_endpoints;
@@ -34,6 +35,7 @@ pub mod type_urls {
     pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
     pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    pub const VIRTUAL_HOST: &str = "type.googleapis.com/envoy.config.route.v3.VirtualHost";
 }
 
 /// The proxy's own service ports as `(service host, service port, target port)`: what its

@@ -7,6 +7,8 @@ pub enum Direction {
     Inbound,
 }
 
+/// The bootstrap's cluster for the control plane (istio-agent's name).
+pub const XDS_CLUSTER: &str = "xds-grpc";
 pub const BLACK_HOLE_CLUSTER: &str = "BlackHoleCluster";
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";

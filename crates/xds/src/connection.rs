@@ -10,7 +10,8 @@
 //!   the ACK;
 //! - what is sent is a diff against what the proxy is known to hold, so a proxy whose
 //!   config did not change is sent nothing;
-//! - LDS/CDS are wildcard; EDS/RDS follow the names the proxy subscribes to;
+//! - LDS/CDS are wildcard; EDS/RDS follow the names the proxy subscribes to; VHDS names a route
+//!   configuration and is answered with (and told of removals from) all of its virtual hosts;
 //! - after CDS is answered, EDS is answered in full once more: updated clusters re-enter
 //!   warming and need their assignments again;
 //! - types this server does not serve get an empty answer and never end the stream.
@@ -21,6 +22,7 @@ use crate::resources::{NameSet, Resource, ResourceCache, Resources, SetDiff};
 use crate::response::{Batch, DeltaResponse, SotwResponse};
 use crate::types::{ByTypeUrl, ResourceType, TypeSet};
 use meshpilot_model::{ObjectKey, Proxy};
+use meshpilot_translate::vhds::route_config_of;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -175,6 +177,8 @@ pub struct Connection {
     control_plane: Arc<str>,
     /// NACKs seen since the edge last drained them.
     nacks: Vec<Nack>,
+    /// A VHDS stream's route configuration, named by the stream rather than its requests.
+    virtual_host_scope: Option<Arc<str>>,
 }
 
 impl Connection {
@@ -189,7 +193,15 @@ impl Connection {
             nonce_counter: 0,
             control_plane: control_plane_id.into(),
             nacks: Vec::new(),
+            virtual_host_scope: None,
         }
+    }
+
+    /// A VHDS stream for one route configuration. Envoy names nothing in its requests there
+    /// (it matches the hosts it is sent by their `<configuration>/` prefix), so a VHDS
+    /// subscription that names nothing stands for this configuration.
+    pub fn scope_virtual_hosts_to(&mut self, route_config: Arc<str>) {
+        self.virtual_host_scope = Some(route_config);
     }
 
     pub fn proxy(&self) -> &Proxy {
@@ -309,6 +321,12 @@ impl Connection {
                     ctx.cache.intern_list(fingerprint, || NameSet::new(names))
                 };
             }
+            if kind == Some(ResourceType::VirtualHost)
+                && watch.names.is_empty()
+                && let Some(scope) = &self.virtual_host_scope
+            {
+                watch.names = ctx.cache.intern(NameSet::new([scope.clone()]));
+            }
             if !req.initial_resource_versions.is_empty() {
                 watch.held = Held::Versions(Arc::new(req.initial_resource_versions));
             }
@@ -424,6 +442,7 @@ impl Connection {
             Some(ResourceType::Listener) => ctx.cache.listeners(&self.proxy),
             Some(ResourceType::Route) => ctx.cache.routes(&self.proxy, &watch.names),
             Some(ResourceType::Endpoint) => ctx.cache.endpoints(&self.proxy, &watch.names),
+            Some(ResourceType::VirtualHost) => ctx.cache.virtual_hosts(&self.proxy, &watch.names),
         }
     }
 
@@ -450,7 +469,9 @@ impl Connection {
                 .iter()
                 .filter(|r| {
                     force
-                        || fresh.is_some_and(|f| f.contains(&r.name))
+                        || fresh.is_some_and(|f| {
+                            subscribed_as(kind, &r.name).is_some_and(|name| f.contains(name))
+                        })
                         || watch.held.version_of(&r.name) != Some(&*r.version)
                 })
                 .cloned()
@@ -460,6 +481,14 @@ impl Connection {
         };
         let removed: Vec<Arc<str>> = if watch.wildcard {
             diff.removed.clone()
+        } else if kind == Some(ResourceType::VirtualHost) {
+            // A virtual host gone from a configuration still subscribed: Envoy drops it only
+            // when told (those of an unsubscribed configuration go with it).
+            diff.removed
+                .iter()
+                .filter(|n| route_config_of(n).is_some_and(|c| watch.names.contains(c)))
+                .cloned()
+                .collect()
         } else {
             Vec::new()
         };
@@ -518,6 +547,15 @@ impl Connection {
             return self.reply(url, ctx, false, None);
         }
         Vec::new()
+    }
+}
+
+/// The name a proxy subscribes to to get `resource`: its own, except that VHDS names a route
+/// configuration and is answered with all of its virtual hosts.
+fn subscribed_as(kind: Option<ResourceType>, resource: &str) -> Option<&str> {
+    match kind {
+        Some(ResourceType::VirtualHost) => route_config_of(resource),
+        _ => Some(resource),
     }
 }
 

@@ -25,10 +25,13 @@ pub use delta_request::{DeltaRequest, HeldVersions, WireStrings};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, ConnectedGuard, XdsMetrics, type_label};
 pub use publish::{DebounceConfig, Debouncer, Published, Publisher};
 pub use registry::{
-    ConnectionInfo, ConnectionRegistry, ConnectionStatus, Registration, WatchStatus, config_dump,
+    ConnectionInfo, ConnectionRegistry, ConnectionStatus, Registration, StreamKind, WatchStatus,
+    config_dump,
 };
 pub use request::SotwRequest;
-pub use resources::{NameSet, Resource, ResourceCache, ResourceSet, Resources, SetDiff};
+pub use resources::{
+    CacheOptions, NameSet, Resource, ResourceCache, ResourceSet, Resources, SetDiff,
+};
 pub use response::{DeltaResponse, SotwResponse};
-pub use server::AdsService;
+pub use server::{AdsService, VhdsServer};
 pub use types::{ByTypeUrl, ResourceType, TypeSet, affected_types};

@@ -227,6 +227,7 @@ impl XdsMetrics {
             Some(ResourceType::Endpoint) => "eds_senderr",
             Some(ResourceType::Listener) => "lds_senderr",
             Some(ResourceType::Route) => "rds_senderr",
+            Some(ResourceType::VirtualHost) => "vhds_senderr",
             None => "other_senderr",
         };
         self.pushes.get_or_create(&[("type", label)]).inc_by(1);

@@ -1,7 +1,7 @@
 //! From index changes to published snapshots: the debounce decision (pure) and the publisher
 //! that hands each new snapshot, its resource cache and recent change history to connections.
 
-use crate::resources::ResourceCache;
+use crate::resources::{CacheOptions, ResourceCache};
 use crate::types::{TypeSet, affected_types};
 use meshpilot_model::{ChangeSet, ObjectKey, Snapshot};
 use std::collections::VecDeque;
@@ -144,11 +144,18 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(snapshot: Snapshot) -> (Publisher, watch::Receiver<Arc<Published>>) {
+        Self::with_options(snapshot, CacheOptions::default())
+    }
+
+    pub fn with_options(
+        snapshot: Snapshot,
+        options: CacheOptions,
+    ) -> (Publisher, watch::Receiver<Arc<Published>>) {
         let version = snapshot.version;
         let published = Arc::new(Published {
             version,
             version_info: version_info(version),
-            cache: Arc::new(ResourceCache::new(Arc::new(snapshot))),
+            cache: Arc::new(ResourceCache::with_options(Arc::new(snapshot), options)),
             published_at: Instant::now(),
             history: VecDeque::new(),
         });

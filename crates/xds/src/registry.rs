@@ -17,12 +17,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// Which service a stream belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// The proxy's ADS stream: everything but VHDS.
+    Ads,
+    /// Its VHDS stream (`--vhds`): the virtual hosts of its route configurations.
+    Vhds,
+}
+
 /// What a connection announced when it connected; fixed for its lifetime.
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo {
     /// `<pod>.<namespace>-<counter>`, as istiod names connections.
     pub id: String,
     pub node_id: String,
+    pub stream: StreamKind,
     pub flavor: Flavor,
     pub peer: Option<SocketAddr>,
     pub connected_at: SystemTime,
@@ -220,13 +230,13 @@ impl ConnectionRegistry {
         all
     }
 
-    /// The connection whose id contains `proxy_id` (istiod's rule: `pod.ns` finds
+    /// The ADS connection whose id contains `proxy_id` (istiod's rule: `pod.ns` finds
     /// `pod.ns-7`); the newest wins when a proxy has reconnected.
     pub fn find(&self, proxy_id: &str) -> Option<ConnectionStatus> {
         self.connections()
             .into_iter()
             .rev()
-            .find(|c| c.info.id.contains(proxy_id))
+            .find(|c| c.info.stream == StreamKind::Ads && c.info.id.contains(proxy_id))
     }
 
     /// `/debug/syncz`: per connection, the nonces sent and ACKed for each type.
@@ -305,6 +315,7 @@ fn adsz_entry(c: &ConnectionStatus) -> Value {
         "address": c.info.peer.map(|p| p.to_string()).unwrap_or_default(),
         "nodeId": c.info.node_id,
         "flavor": match c.info.flavor { Flavor::Sotw => "sotw", Flavor::Delta => "delta" },
+        "stream": match c.info.stream { StreamKind::Ads => "ads", StreamKind::Vhds => "vhds" },
         "labels": *c.proxy.labels,
         "metadata": c.info.metadata,
         "locality": c.info.locality.as_ref().map_or_else(
@@ -397,6 +408,7 @@ mod tests {
             info: Arc::new(ConnectionInfo {
                 id: id.into(),
                 node_id: NODE.into(),
+                stream: StreamKind::Ads,
                 flavor: Flavor::Sotw,
                 peer: Some("127.0.0.1:40000".parse().unwrap()),
                 connected_at,

@@ -7,7 +7,8 @@
 //! - LDS: namespace, labels, interception mode, service targets, and the pod IPs only when a
 //!   headless service exists (per-endpoint listeners skip the proxy's own IP);
 //! - RDS: the route name, namespace, DNS domain (short host names), and labels only when some
-//!   VirtualService matches on `sourceLabels`;
+//!   VirtualService matches on `sourceLabels`; with VHDS ([`CacheOptions::vhds`]) the same
+//!   build is split into the configuration without its virtual hosts and the virtual hosts;
 //! - EDS: the cluster name and namespace (subset lookup), revalidated per snapshot against
 //!   the identity of the service's endpoint list and of the DestinationRule in effect, so an
 //!   endpoint change rebuilds only the assignments of the services it touched.
@@ -24,6 +25,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use envoy_types::pb::google::protobuf::Any;
 use meshpilot_model::{ChangeSet, DestinationRuleConfig, Endpoint, Proxy, Snapshot};
+use meshpilot_translate::vhds::split_for_vhds;
 use meshpilot_translate::{build_clusters, build_endpoints, build_listeners, build_routes};
 use prost::{Message, Name};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -422,7 +424,15 @@ struct RouteClass {
     labels: Option<Arc<BTreeMap<String, String>>>,
 }
 
-/// The route configurations for one subscription.
+/// One route configuration as served: whole, or (VHDS) without its virtual hosts plus them.
+#[derive(Clone)]
+struct BuiltRoute {
+    config: Arc<Resource>,
+    /// Empty unless VHDS serves them.
+    virtual_hosts: Resources,
+}
+
+/// The route configurations (or, for VHDS, their virtual hosts) for one subscription.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RouteSetClass {
     names: Arc<NameSet>,
@@ -482,14 +492,24 @@ struct CachedDiff {
     diff: Arc<SetDiff>,
 }
 
+/// How resources are served, fixed for the server's life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheOptions {
+    /// Route configurations name VHDS as the source of their virtual hosts, which are served
+    /// one by one as [`ResourceType::VirtualHost`] (see `meshpilot_translate::vhds`).
+    pub vhds: bool,
+}
+
 /// Per-snapshot resource cache. [`ResourceCache::next`] carries over what a change cannot have
 /// affected.
 pub struct ResourceCache {
+    options: CacheOptions,
     snapshot: Arc<Snapshot>,
     clusters: Arc<DashMap<ClusterClass, Resources>>,
     listeners: Arc<DashMap<ListenerClass, Resources>>,
-    routes: Arc<DashMap<RouteClass, Arc<Resource>>>,
+    routes: Arc<DashMap<RouteClass, BuiltRoute>>,
     route_sets: Arc<DashMap<RouteSetClass, Resources>>,
+    virtual_host_sets: Arc<DashMap<RouteSetClass, Resources>>,
     endpoints: Arc<DashMap<EndpointClass, CachedAssignment>>,
     /// Per snapshot: assignments are revalidated, so their sets are too.
     endpoint_sets: Arc<DashMap<EndpointSetClass, Resources>>,
@@ -524,6 +544,10 @@ fn shared_set<K: Eq + std::hash::Hash>(
 
 impl ResourceCache {
     pub fn new(snapshot: Arc<Snapshot>) -> Self {
+        Self::with_options(snapshot, CacheOptions::default())
+    }
+
+    pub fn with_options(snapshot: Arc<Snapshot>, options: CacheOptions) -> Self {
         let any_headless = snapshot.services().any(|s| s.headless);
         let vss = snapshot.virtual_services();
         let any_http_source_match = vss.iter().any(|vs| {
@@ -539,6 +563,7 @@ impl ResourceCache {
                 .any(|r| r.matches.iter().any(|m| !m.source_labels.is_empty()))
         });
         ResourceCache {
+            options,
             any_headless,
             any_http_source_match,
             any_tcp_source_match,
@@ -547,6 +572,7 @@ impl ResourceCache {
             listeners: Arc::default(),
             routes: Arc::default(),
             route_sets: Arc::default(),
+            virtual_host_sets: Arc::default(),
             endpoints: Arc::default(),
             endpoint_sets: Arc::default(),
             endpoint_sets_before: None,
@@ -559,7 +585,7 @@ impl ResourceCache {
     /// The cache for the next snapshot: keeps each type's entries when `changes` cannot have
     /// `affected` them; endpoint assignments are always kept and revalidated on use.
     pub fn next(&self, snapshot: Arc<Snapshot>, changes: &ChangeSet, affected: TypeSet) -> Self {
-        let mut next = ResourceCache::new(snapshot);
+        let mut next = ResourceCache::with_options(snapshot, self.options);
         if !affected.contains(ResourceType::Cluster) {
             next.clusters = self.clusters.clone();
         }
@@ -569,6 +595,7 @@ impl ResourceCache {
         if !affected.contains(ResourceType::Route) {
             next.routes = self.routes.clone();
             next.route_sets = self.route_sets.clone();
+            next.virtual_host_sets = self.virtual_host_sets.clone();
         }
         next.endpoints = self.endpoints.clone();
         next.names = self.names.clone();
@@ -643,7 +670,32 @@ impl ResourceCache {
             names
                 .names
                 .iter()
-                .map(|name| self.route(proxy, name, &labels))
+                .map(|name| self.route(proxy, name, &labels).config)
+                .collect()
+        })
+    }
+
+    /// VHDS: the virtual hosts of the subscribed route configurations, named
+    /// `<route configuration>/<virtual host>`. None without [`CacheOptions::vhds`] (the
+    /// configurations carry their virtual hosts then).
+    pub fn virtual_hosts(&self, proxy: &Proxy, route_configs: &Arc<NameSet>) -> Resources {
+        let labels = self.any_http_source_match.then(|| proxy.labels.clone());
+        let class = RouteSetClass {
+            names: route_configs.clone(),
+            namespace: proxy.namespace.clone(),
+            dns_domain: proxy.dns_domain.clone(),
+            labels: labels.clone(),
+        };
+        shared_set(&self.virtual_host_sets, &self.content, class, || {
+            route_configs
+                .names
+                .iter()
+                .flat_map(|name| {
+                    self.route(proxy, name, &labels)
+                        .virtual_hosts
+                        .as_slice()
+                        .to_vec()
+                })
                 .collect()
         })
     }
@@ -653,7 +705,7 @@ impl ResourceCache {
         proxy: &Proxy,
         name: &Arc<str>,
         labels: &Option<Arc<BTreeMap<String, String>>>,
-    ) -> Arc<Resource> {
+    ) -> BuiltRoute {
         let class = RouteClass {
             name: name.clone(),
             namespace: proxy.namespace.clone(),
@@ -665,8 +717,24 @@ impl ResourceCache {
         }
         let built = build_routes(&self.snapshot, proxy, &[name.to_string()]);
         let route = built.into_iter().next().unwrap_or_default();
-        let resource = self.content.resource(Resource::encode(name, &route));
-        self.routes.entry(class).or_insert(resource).clone()
+        let route = if self.options.vhds {
+            let (config, virtual_hosts) = split_for_vhds(route);
+            BuiltRoute {
+                config: self.content.resource(Resource::encode(name, &config)),
+                virtual_hosts: self.content.set(
+                    virtual_hosts
+                        .iter()
+                        .map(|v| self.content.resource(Resource::encode(&v.name, v)))
+                        .collect(),
+                ),
+            }
+        } else {
+            BuiltRoute {
+                config: self.content.resource(Resource::encode(name, &route)),
+                virtual_hosts: Arc::default(),
+            }
+        };
+        self.routes.entry(class).or_insert(route).clone()
     }
 
     /// The subscribed load assignments, in name order.

@@ -6,11 +6,12 @@ use crate::delta_request::DeltaRequest;
 use crate::grpc::{Queued, RequestStream, ResponseBody};
 use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
-use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus};
+use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus, StreamKind};
 use crate::request::SotwRequest;
 use crate::types::{ByTypeUrl, ResourceType, TypeSet};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meshpilot_model::{Proxy, ProxyMetadata};
+use meshpilot_translate::vhds::ROUTE_CONFIG_HEADER;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -77,6 +78,11 @@ impl AdsService {
     pub fn into_server(self) -> AdsServer {
         AdsServer { ads: self }
     }
+
+    /// The VHDS service (used with `--vhds`), mounted next to [`AdsService::into_server`].
+    pub fn vhds_server(&self) -> VhdsServer {
+        VhdsServer { ads: self.clone() }
+    }
 }
 
 /// A request of either flavor.
@@ -120,6 +126,9 @@ pub struct AdsServer {
 }
 
 const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+const VHDS_SERVICE_NAME: &str = "envoy.service.route.v3.VirtualHostDiscoveryService";
+/// Envoy's VHDS subscription: a delta stream of its own, never part of ADS.
+const VHDS_PATH: &str = "/envoy.service.route.v3.VirtualHostDiscoveryService/DeltaVirtualHosts";
 const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str =
@@ -145,12 +154,92 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let ads = self.ads.clone();
         let flavor = match request.uri().path() {
             SOTW_PATH => Flavor::Sotw,
             DELTA_PATH => Flavor::Delta,
             _ => return Box::pin(async { Ok(Status::unimplemented("").into_http()) }),
         };
+        self.ads.call(Served::Ads(flavor), request)
+    }
+}
+
+/// `envoy.service.route.v3.VirtualHostDiscoveryService` (`DeltaVirtualHosts` only, as Envoy
+/// uses it): the streams VHDS route configurations name. Served by the same state machine as
+/// ADS, watching only virtual hosts.
+#[derive(Clone)]
+pub struct VhdsServer {
+    ads: AdsService,
+}
+
+impl NamedService for VhdsServer {
+    const NAME: &'static str = VHDS_SERVICE_NAME;
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for VhdsServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != VHDS_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        // The route configuration this stream is for, when its config source names it.
+        let route_config = request
+            .headers()
+            .get(ROUTE_CONFIG_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(Arc::from);
+        self.ads.call(Served::Vhds { route_config }, request)
+    }
+}
+
+/// What a stream serves.
+#[derive(Clone, Debug)]
+enum Served {
+    Ads(Flavor),
+    /// Virtual hosts (delta only), of the route configuration its header names, if any.
+    Vhds {
+        route_config: Option<Arc<str>>,
+    },
+}
+
+impl Served {
+    fn flavor(&self) -> Flavor {
+        match self {
+            Served::Ads(flavor) => *flavor,
+            Served::Vhds { .. } => Flavor::Delta,
+        }
+    }
+
+    fn kind(&self) -> StreamKind {
+        match self {
+            Served::Ads(_) => StreamKind::Ads,
+            Served::Vhds { .. } => StreamKind::Vhds,
+        }
+    }
+}
+
+impl AdsService {
+    fn call<B>(
+        &self,
+        stream: Served,
+        request: http::Request<B>,
+    ) -> BoxFuture<Result<http::Response<Body>, Infallible>>
+    where
+        B: tonic::codegen::Body + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+    {
+        let ads = self.clone();
+        let flavor = stream.flavor();
         let peer = remote_addr(request.extensions());
         let body = request.into_body();
         let inbound: InboundStream = match flavor {
@@ -164,7 +253,7 @@ where
             ),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let response = match ads.start(flavor, peer, inbound, tx) {
+        let response = match ads.start(stream, peer, inbound, tx) {
             Ok(()) => {
                 let mut response = http::Response::new(Body::new(ResponseBody::new(rx)));
                 response.headers_mut().insert(
@@ -198,7 +287,7 @@ type Sink = mpsc::Sender<Queued>;
 impl AdsService {
     fn start(
         &self,
-        flavor: Flavor,
+        stream: Served,
         peer: Option<std::net::SocketAddr>,
         inbound: InboundStream,
         sink: Sink,
@@ -217,7 +306,7 @@ impl AdsService {
         );
         tokio::spawn(
             async move {
-                if let Err(status) = serve_stream(&inner, flavor, peer, inbound, &sink).await {
+                if let Err(status) = serve_stream(&inner, stream, peer, inbound, &sink).await {
                     tracing::info!(code = ?status.code(), "stream closed: {}", status.message());
                     let _ = sink.send(Err(Box::new(status))).await;
                 }
@@ -230,7 +319,7 @@ impl AdsService {
 
 async fn serve_stream(
     inner: &Inner,
-    flavor: Flavor,
+    stream: Served,
     peer: Option<std::net::SocketAddr>,
     mut inbound: InboundStream,
     sink: &Sink,
@@ -252,9 +341,11 @@ async fn serve_stream(
     let span = tracing::Span::current();
     span.record("node", node.id.as_str());
     span.record("connection", id.as_str());
-    tracing::info!(?flavor, "proxy connected");
+    let flavor = stream.flavor();
+    tracing::info!(?flavor, ?stream, "proxy connected");
     let info = Arc::new(ConnectionInfo {
         id: id.clone(),
+        stream: stream.kind(),
         node_id: node.id.clone(),
         flavor,
         peer,
@@ -268,7 +359,15 @@ async fn serve_stream(
         metadata,
     });
     let mut connection = Connection::new(id, proxy, flavor, &inner.control_plane_id);
-    let _connected = inner.metrics.connected(&info.istio_version);
+    if let Served::Vhds {
+        route_config: Some(route_config),
+    } = &stream
+    {
+        connection.scope_virtual_hosts_to(route_config.clone());
+    }
+    // A proxy is counted once, by its ADS stream.
+    let _connected =
+        matches!(stream, Served::Ads(_)).then(|| inner.metrics.connected(&info.istio_version));
     let mut published = inner.published.clone();
     let mut shutdown = inner.shutdown.clone();
     let mut current = published.borrow_and_update().clone();

@@ -1,5 +1,5 @@
-//! The four xDS resource types a sidecar watches, their push order, and which of them a
-//! change can affect.
+//! The xDS resource types a sidecar watches (the four of ADS, and VHDS's virtual hosts), their
+//! push order, and which of them a change can affect.
 
 use meshpilot_model::{ChangeSet, ConfigKind, Snapshot};
 use meshpilot_translate::type_urls;
@@ -10,15 +10,18 @@ pub enum ResourceType {
     Endpoint,
     Listener,
     Route,
+    /// VHDS: the virtual hosts of subscribed route configurations (`--vhds`).
+    VirtualHost,
 }
 
 impl ResourceType {
-    /// Push order within one push: CDS, EDS, LDS, RDS.
-    pub const PUSH_ORDER: [ResourceType; 4] = [
+    /// Push order within one push: CDS, EDS, LDS, RDS (then VHDS, on its own stream).
+    pub const PUSH_ORDER: [ResourceType; 5] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
         ResourceType::Route,
+        ResourceType::VirtualHost,
     ];
 
     pub fn from_type_url(url: &str) -> Option<Self> {
@@ -27,6 +30,7 @@ impl ResourceType {
             type_urls::ENDPOINT => Some(ResourceType::Endpoint),
             type_urls::LISTENER => Some(ResourceType::Listener),
             type_urls::ROUTE => Some(ResourceType::Route),
+            type_urls::VIRTUAL_HOST => Some(ResourceType::VirtualHost),
             _ => None,
         }
     }
@@ -37,20 +41,23 @@ impl ResourceType {
             ResourceType::Endpoint => type_urls::ENDPOINT,
             ResourceType::Listener => type_urls::LISTENER,
             ResourceType::Route => type_urls::ROUTE,
+            ResourceType::VirtualHost => type_urls::VIRTUAL_HOST,
         }
     }
 
-    /// Short name used in logs and metrics (`cds`, `eds`, `lds`, `rds`).
+    /// Short name used in logs and metrics (`cds`, `eds`, `lds`, `rds`, `vhds`).
     pub fn short_name(self) -> &'static str {
         match self {
             ResourceType::Cluster => "cds",
             ResourceType::Endpoint => "eds",
             ResourceType::Listener => "lds",
             ResourceType::Route => "rds",
+            ResourceType::VirtualHost => "vhds",
         }
     }
 
-    /// LDS and CDS are wildcard (the proxy gets everything); EDS and RDS are by name.
+    /// LDS and CDS are wildcard (the proxy gets everything); EDS, RDS and VHDS are by name
+    /// (VHDS names route configurations, each standing for all of its virtual hosts).
     pub fn is_wildcard(self) -> bool {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
     }
@@ -61,14 +68,18 @@ impl ResourceType {
 pub struct TypeSet(u8);
 
 impl TypeSet {
-    pub const ALL: TypeSet = TypeSet(0b1111);
+    pub const ALL: TypeSet = TypeSet(0b1_1111);
 
     fn bit(t: ResourceType) -> u8 {
         1 << (t as u8)
     }
 
+    /// Virtual hosts are parts of route configurations: whatever affects one affects both.
     pub fn insert(&mut self, t: ResourceType) {
         self.0 |= Self::bit(t);
+        if t == ResourceType::Route {
+            self.0 |= Self::bit(ResourceType::VirtualHost);
+        }
     }
 
     pub fn contains(self, t: ResourceType) -> bool {

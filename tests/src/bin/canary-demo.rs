@@ -33,6 +33,7 @@ fn run() -> Result<()> {
         tls: false,
         mesh_source: workspace_root().join("deploy/examples"),
         prefix: "demo",
+        vhds: false,
     };
     println!("starting meshpilot, reviews-v1, reviews-v2 and the productpage sidecar ...");
     let mesh = CanaryMesh::start(Tools::locate()?, &options)?;

@@ -592,3 +592,163 @@ fn watch<'c>(connection: &'c Connection, type_url: &str) -> &'c Watch {
         .get(type_url)
         .expect("a watch of the type")
 }
+
+mod vhds {
+    use super::*;
+    use crate::resources::CacheOptions;
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+    use meshpilot_model::Kind;
+    use meshpilot_model::fixtures::mk_service;
+    use meshpilot_translate::type_urls::VIRTUAL_HOST;
+
+    const REVIEWS_HOST: &str = "9080/reviews.default.svc.cluster.local:9080";
+    const RATINGS_HOST: &str = "9080/ratings.default.svc.cluster.local:9080";
+
+    fn vhds_mesh() -> Mesh {
+        let mut mesh = Mesh::new();
+        let (publisher, _rx) =
+            Publisher::with_options(mesh.index.snapshot(), CacheOptions { vhds: true });
+        mesh.publisher = publisher;
+        mesh
+    }
+
+    fn subscribe(c: &mut Connection, ctx: &PushContext, names: &[&str]) -> DeltaDiscoveryResponse {
+        delta_one(c.on_delta_request(
+            DeltaRequest::from(DeltaDiscoveryRequest {
+                type_url: VIRTUAL_HOST.into(),
+                resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
+                ..Default::default()
+            }),
+            ctx,
+        ))
+    }
+
+    fn ack(c: &mut Connection, ctx: &PushContext, nonce: &str) -> Vec<Outgoing> {
+        c.on_delta_request(
+            DeltaRequest::from(DeltaDiscoveryRequest {
+                type_url: VIRTUAL_HOST.into(),
+                response_nonce: nonce.into(),
+                ..Default::default()
+            }),
+            ctx,
+        )
+    }
+
+    fn host_names(r: &DeltaDiscoveryResponse) -> Vec<String> {
+        r.resources
+            .iter()
+            .map(|r| {
+                let host = VirtualHost::decode(r.resource.as_ref().unwrap().value.as_slice());
+                let host = host.unwrap();
+                assert_eq!(host.name, r.name, "a virtual host is named as its resource");
+                host.name
+            })
+            .collect()
+    }
+
+    #[test]
+    fn route_configurations_name_vhds_and_their_hosts_come_one_by_one() {
+        let mesh = vhds_mesh();
+        let ctx = mesh.ctx();
+        let mut ads = connection(Flavor::Sotw);
+        let rds = one(ads.on_sotw_request(sotw(ROUTE, &["9080"], ""), &ctx));
+        let config = RouteConfiguration::decode(rds.resources[0].value.as_slice()).unwrap();
+        assert!(config.virtual_hosts.is_empty());
+        assert!(config.vhds.is_some());
+
+        let mut vhds = connection(Flavor::Delta);
+        let first = subscribe(&mut vhds, &ctx, &["9080"]);
+        assert_eq!(host_names(&first), [REVIEWS_HOST, "9080/allow_any"]);
+        // Another configuration's hosts are not sent.
+        assert!(host_names(&first).iter().all(|n| n.starts_with("9080/")));
+    }
+
+    #[test]
+    fn a_virtual_service_edit_sends_one_virtual_host_and_no_route_configuration() {
+        let mut mesh = vhds_mesh();
+        let ctx = mesh.ctx();
+        let mut ads = connection(Flavor::Sotw);
+        let rds = one(ads.on_sotw_request(sotw(ROUTE, &["9080"], ""), &ctx));
+        ads.on_sotw_request(sotw(ROUTE, &["9080"], &rds.nonce), &ctx);
+        let mut vhds = connection(Flavor::Delta);
+        let first = subscribe(&mut vhds, &ctx, &["9080"]);
+        assert!(ack(&mut vhds, &ctx, &first.nonce).is_empty());
+
+        let affected = mesh.change(vec![vs(50, 50)]);
+        assert!(affected.contains(ResourceType::Route));
+        assert!(affected.contains(ResourceType::VirtualHost));
+        let ctx = mesh.ctx();
+        assert!(
+            ads.on_push(&ctx, affected).is_empty(),
+            "route configuration 9080 did not change"
+        );
+        let update = delta_one(vhds.on_push(&ctx, affected));
+        assert_eq!(host_names(&update), [REVIEWS_HOST]);
+        assert!(update.removed_resources.is_empty());
+    }
+
+    #[test]
+    fn a_virtual_host_that_goes_away_is_removed_by_its_resource_name() {
+        let mut mesh = vhds_mesh();
+        let ratings = || {
+            Object::Service(mk_service(
+                "default",
+                "ratings",
+                "10.96.0.30",
+                &[("http", 9080)],
+            ))
+        };
+        mesh.change(vec![ratings()]);
+        let ctx = mesh.ctx();
+        let mut vhds = connection(Flavor::Delta);
+        let first = subscribe(&mut vhds, &ctx, &["9080"]);
+        assert!(host_names(&first).contains(&RATINGS_HOST.to_string()));
+        ack(&mut vhds, &ctx, &first.nonce);
+
+        let before = mesh.publisher.current().version;
+        let changes = mesh
+            .index
+            .delete(Kind::Service, &ObjectKey::new("default", "ratings"));
+        mesh.publisher.publish(mesh.index.snapshot(), changes);
+        let affected = mesh
+            .publisher
+            .current()
+            .affected_since(before, &ObjectKey::new("default", PRODUCTPAGE_POD));
+        let update = delta_one(vhds.on_push(&mesh.ctx(), affected));
+        assert_eq!(update.removed_resources, [RATINGS_HOST]);
+        assert!(host_names(&update).is_empty());
+    }
+
+    #[test]
+    fn a_stream_scoped_to_a_configuration_is_answered_with_its_hosts_when_it_names_none() {
+        // Envoy 1.40's VHDS requests name nothing; the stream's header names the configuration.
+        let mesh = vhds_mesh();
+        let ctx = mesh.ctx();
+        let mut unscoped = connection(Flavor::Delta);
+        assert!(subscribe(&mut unscoped, &ctx, &[]).resources.is_empty());
+        let mut scoped = connection(Flavor::Delta);
+        scoped.scope_virtual_hosts_to("9080".into());
+        let first = subscribe(&mut scoped, &ctx, &[]);
+        assert_eq!(host_names(&first), [REVIEWS_HOST, "9080/allow_any"]);
+        let mut other = connection(Flavor::Delta);
+        other.scope_virtual_hosts_to("8080".into());
+        // A port without services: only the catch-all.
+        assert_eq!(
+            host_names(&subscribe(&mut other, &ctx, &[])),
+            ["8080/allow_any"]
+        );
+    }
+
+    #[test]
+    fn without_the_option_route_configurations_keep_their_hosts_and_vhds_is_empty() {
+        let mesh = Mesh::new();
+        let ctx = mesh.ctx();
+        let mut ads = connection(Flavor::Sotw);
+        let rds = one(ads.on_sotw_request(sotw(ROUTE, &["9080"], ""), &ctx));
+        let config = RouteConfiguration::decode(rds.resources[0].value.as_slice()).unwrap();
+        assert_eq!(config.virtual_hosts.len(), 2);
+        assert!(config.vhds.is_none());
+        let mut vhds = connection(Flavor::Delta);
+        assert!(subscribe(&mut vhds, &ctx, &["9080"]).resources.is_empty());
+    }
+}
