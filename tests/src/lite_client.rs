@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
 use meshpilot_translate::type_urls;
+use meshpilot_translate::vhds::ROUTE_CONFIG_HEADER;
 use prost::Message;
 use proto::*;
 use std::collections::HashMap;
@@ -55,17 +56,27 @@ impl Flavor {
     }
 }
 
-/// The four resource types a sidecar subscribes to.
+/// The resource types a sidecar subscribes to: ADS's four, and virtual hosts over VHDS when a
+/// route configuration names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Cluster,
     Endpoint,
     Listener,
     Route,
+    VirtualHost,
 }
 
+const KINDS: usize = 5;
+
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+    pub const ALL: [Kind; KINDS] = [
+        Kind::Cluster,
+        Kind::Endpoint,
+        Kind::Listener,
+        Kind::Route,
+        Kind::VirtualHost,
+    ];
 
     pub fn type_url(self) -> &'static str {
         match self {
@@ -73,6 +84,7 @@ impl Kind {
             Kind::Endpoint => type_urls::ENDPOINT,
             Kind::Listener => type_urls::LISTENER,
             Kind::Route => type_urls::ROUTE,
+            Kind::VirtualHost => type_urls::VIRTUAL_HOST,
         }
     }
 
@@ -80,13 +92,14 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.type_url() == type_url)
     }
 
-    /// `cds`, `eds`, `lds`, `rds`, as Istio's metrics label them.
+    /// `cds`, `eds`, `lds`, `rds`, `vhds`, as meshpilot's metrics label them.
     pub fn short(self) -> &'static str {
         match self {
             Kind::Cluster => "cds",
             Kind::Endpoint => "eds",
             Kind::Listener => "lds",
             Kind::Route => "rds",
+            Kind::VirtualHost => "vhds",
         }
     }
 
@@ -299,7 +312,7 @@ pub struct SidecarState {
     pub stream: u32,
     /// When the current stream first held the complete config.
     pub complete_at: Option<Instant>,
-    pub types: [TypeState; 4],
+    pub types: [TypeState; KINDS],
     pub log: Vec<ResponseRecord>,
     pub disconnects: u32,
     pub last_error: Option<String>,
@@ -311,7 +324,13 @@ pub struct SidecarState {
     eds: Option<Arc<NameList>>,
     rds: Option<Arc<NameList>>,
     /// Types answered on the current stream.
-    seen: [bool; 4],
+    seen: [bool; KINDS],
+    /// Route configurations (key → name) that name VHDS as their virtual hosts' source.
+    vhds_routes: KeyMap<Bytes>,
+    /// Of those, the ones with a VHDS stream open alongside the current ADS stream, and the
+    /// ones whose stream has answered.
+    vhds_open: KeyMap<()>,
+    vhds_answered: KeyMap<()>,
 }
 
 impl SidecarState {
@@ -328,7 +347,10 @@ impl SidecarState {
             routes_of_listener: KeyMap::default(),
             eds: None,
             rds: None,
-            seen: [false; 4],
+            seen: [false; KINDS],
+            vhds_routes: KeyMap::default(),
+            vhds_open: KeyMap::default(),
+            vhds_answered: KeyMap::default(),
         }
     }
 
@@ -385,6 +407,33 @@ impl SidecarState {
             && !self.of(Kind::Listener).held.is_empty()
             && holds_all(Kind::Endpoint)
             && holds_all(Kind::Route)
+            && self
+                .vhds_routes
+                .keys()
+                .all(|k| self.vhds_answered.contains_key(k))
+    }
+
+    /// Starts a new ADS stream: nothing answered on it yet, and no VHDS streams beside it.
+    fn new_stream(&mut self) {
+        self.stream += 1;
+        self.complete_at = None;
+        self.seen = [false; KINDS];
+        self.vhds_open.clear();
+        self.vhds_answered.clear();
+    }
+
+    /// Route configurations naming VHDS without a VHDS stream yet: marked open.
+    fn take_unopened_vhds(&mut self) -> Vec<(u64, Bytes)> {
+        let unopened: Vec<(u64, Bytes)> = self
+            .vhds_routes
+            .iter()
+            .filter(|(k, _)| !self.vhds_open.contains_key(*k))
+            .map(|(k, name)| (*k, name.clone()))
+            .collect();
+        for (key, _) in &unopened {
+            self.vhds_open.insert(*key, ());
+        }
+        unopened
     }
 }
 
@@ -552,6 +601,8 @@ struct Decoded {
     /// Clusters: the EDS name's key; listeners: the RDS names' keys.
     eds: Option<u64>,
     routes: Vec<u64>,
+    /// Route configurations: they name VHDS.
+    vhds: bool,
 }
 
 fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<Decoded, String> {
@@ -565,6 +616,7 @@ fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<De
     let broken = |e: prost::DecodeError| format!("decoding {}: {e}", kind.type_url());
     let mut eds = None;
     let mut routes = Vec::new();
+    let mut vhds = false;
     let decoded_name = match kind {
         Kind::Cluster => {
             let c = LiteCluster::decode(any.value.clone()).map_err(broken)?;
@@ -600,7 +652,14 @@ fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<De
             }
             l.name
         }
-        Kind::Endpoint | Kind::Route => LiteNamed::decode(any.value.clone()).map_err(broken)?.name,
+        Kind::Route => {
+            let r = LiteRouteConfiguration::decode(any.value.clone()).map_err(broken)?;
+            vhds = r.vhds.is_some();
+            r.name
+        }
+        Kind::Endpoint | Kind::VirtualHost => {
+            LiteNamed::decode(any.value.clone()).map_err(broken)?.name
+        }
     };
     if std::str::from_utf8(&decoded_name).is_err() {
         return Err("a resource name is not UTF-8".into());
@@ -623,6 +682,7 @@ fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<De
         version: None,
         eds,
         routes,
+        vhds,
     })
 }
 
@@ -673,6 +733,13 @@ fn apply(
         if kind == Kind::Listener {
             state.routes_of_listener.insert(d.key, d.routes);
         }
+        if kind == Kind::Route {
+            if d.vhds {
+                state.vhds_routes.insert(d.key, d.name.clone());
+            } else {
+                state.vhds_routes.remove(&d.key);
+            }
+        }
         let t = &mut state.types[kind.index()];
         let previous = t.held.insert(d.key, d.hash);
         let previous = previous.or_else(|| old.as_ref().and_then(|o| o.get(&d.key).copied()));
@@ -690,6 +757,9 @@ fn apply(
         t.versions.remove(&key);
         state.eds_of_cluster.remove(&key);
         state.routes_of_listener.remove(&key);
+        if kind == Kind::Route {
+            state.vhds_routes.remove(&key);
+        }
     }
     if kind == Kind::Cluster {
         let wanted = name_list(state.eds_of_cluster.values().copied().collect());
@@ -779,7 +849,7 @@ fn nack_event(config: &SidecarConfig, kind: Kind, detail: String) {
 
 async fn run_sotw(
     config: &SidecarConfig,
-    state: &Mutex<SidecarState>,
+    state: &Arc<Mutex<SidecarState>>,
     answered: &mut bool,
 ) -> Result<()> {
     let mut channel = grpc::connect(&config.addr, STREAM_WINDOW, CONNECTION_WINDOW).await?;
@@ -796,9 +866,7 @@ async fn run_sotw(
     {
         // A new stream repeats every subscription with the last accepted version.
         let mut s = state.lock().expect("sidecar state");
-        s.stream += 1;
-        s.complete_at = None;
-        s.seen = [false; 4];
+        s.new_stream();
         let mut node = Some(config.node.clone());
         for kind in [Kind::Cluster, Kind::Listener, Kind::Endpoint, Kind::Route] {
             if kind.wildcard() || s.subscribed(kind) {
@@ -809,6 +877,7 @@ async fn run_sotw(
         }
     }
     let mut stream = grpc::open(&mut channel, ADS_SOTW, rx).await?;
+    let mut vhds_streams = tokio::task::JoinSet::new();
     while let Some(mut message) = stream.next_message().await? {
         *answered = true;
         let at = Instant::now();
@@ -895,6 +964,7 @@ async fn run_sotw(
                     ))?;
                 }
             }
+            open_vhds_streams(config, state, &mut s, &channel, &mut vhds_streams);
             check_complete(&mut s, kind, &mut followups);
         }
         notify(config, kind, &mut followups);
@@ -949,7 +1019,7 @@ fn encode_held_version(name: &[u8], version: &[u8], buf: &mut BytesMut) {
 
 async fn run_delta(
     config: &SidecarConfig,
-    state: &Mutex<SidecarState>,
+    state: &Arc<Mutex<SidecarState>>,
     answered: &mut bool,
 ) -> Result<()> {
     let mut channel = grpc::connect(&config.addr, STREAM_WINDOW, CONNECTION_WINDOW).await?;
@@ -963,9 +1033,7 @@ async fn run_delta(
     {
         // A new stream names what the client holds, so the server can skip it.
         let mut s = state.lock().expect("sidecar state");
-        s.stream += 1;
-        s.complete_at = None;
-        s.seen = [false; 4];
+        s.new_stream();
         let mut node = Some(config.node.clone());
         for kind in [Kind::Cluster, Kind::Listener, Kind::Endpoint, Kind::Route] {
             if !(kind.wildcard() || s.subscribed(kind)) {
@@ -999,6 +1067,7 @@ async fn run_delta(
         }
     }
     let mut stream = grpc::open(&mut channel, ADS_DELTA, rx).await?;
+    let mut vhds_streams = tokio::task::JoinSet::new();
     while let Some(mut message) = stream.next_message().await? {
         *answered = true;
         let at = Instant::now();
@@ -1006,60 +1075,15 @@ async fn run_delta(
         let Some(kind) = Kind::from_type_url(&response.type_url) else {
             continue;
         };
-        let mut bytes = 0;
-        let decoded: Result<Vec<Decoded>, String> = response
-            .resources
-            .iter()
-            .filter_map(|r| Some((r, r.resource.as_ref()?)))
-            .map(|(r, any)| {
-                bytes += any.value.len() as u64;
-                let mut d = decode_resource(kind, any, Some(&r.name))?;
-                register(d.key, &d.name);
-                d.version = Some(HeldVersion::parse(&r.version));
-                Ok(d)
-            })
-            .collect();
         let mut followups;
         {
             let mut s = state.lock().expect("sidecar state");
-            let stream = s.stream;
-            record(
-                &mut s,
-                ResponseRecord {
-                    kind,
-                    at,
-                    stream,
-                    bytes,
-                    resources: response.resources.len() as u32,
-                    version: response.system_version_info.as_str().into(),
-                    nonce: response.nonce.as_str().into(),
-                    nacked: decoded.is_err(),
-                },
-            );
-            let mut reply = DeltaDiscoveryRequest {
-                type_url: kind.type_url().into(),
-                response_nonce: response.nonce.clone(),
-                ..Default::default()
-            };
-            let decoded = match decoded {
-                Ok(decoded) => decoded,
-                Err(detail) => {
-                    reply.error_detail = nack_status(&detail);
-                    tx.send(reply.into())?;
-                    nack_event(config, kind, detail);
-                    continue;
-                }
-            };
-            followups = apply(
-                &mut s,
-                kind,
-                decoded,
-                &response.removed_resources,
-                false,
-                observing(config, kind),
-            );
-            s.types[kind.index()].version = response.system_version_info.clone();
+            let (reply, applied) = take_delta_response(config, &mut s, kind, &response, at);
             tx.send(reply.into())?;
+            let Some(applied) = applied else {
+                continue;
+            };
+            followups = applied;
             for (target, diff) in [
                 (Kind::Endpoint, followups.eds.take()),
                 (Kind::Route, followups.rds.take()),
@@ -1070,6 +1094,135 @@ async fn run_delta(
                     tx.send(subscribe(target, &add, &remove).into())?;
                 }
             }
+            open_vhds_streams(config, state, &mut s, &channel, &mut vhds_streams);
+            check_complete(&mut s, kind, &mut followups);
+        }
+        notify(config, kind, &mut followups);
+    }
+    Ok(())
+}
+
+/// Takes one delta response of `kind` under the state lock: records it, then applies it or
+/// (undecodable) NACKs it. Returns the ACK or NACK to send, and what follows from the update
+/// (None after a NACK).
+fn take_delta_response(
+    config: &SidecarConfig,
+    s: &mut SidecarState,
+    kind: Kind,
+    response: &LiteDeltaDiscoveryResponse,
+    at: Instant,
+) -> (DeltaDiscoveryRequest, Option<Followups>) {
+    let mut bytes = 0;
+    let decoded: Result<Vec<Decoded>, String> = response
+        .resources
+        .iter()
+        .filter_map(|r| Some((r, r.resource.as_ref()?)))
+        .map(|(r, any)| {
+            bytes += any.value.len() as u64;
+            let mut d = decode_resource(kind, any, Some(&r.name))?;
+            register(d.key, &d.name);
+            d.version = Some(HeldVersion::parse(&r.version));
+            Ok(d)
+        })
+        .collect();
+    let stream = s.stream;
+    record(
+        s,
+        ResponseRecord {
+            kind,
+            at,
+            stream,
+            bytes,
+            resources: response.resources.len() as u32,
+            version: response.system_version_info.as_str().into(),
+            nonce: response.nonce.as_str().into(),
+            nacked: decoded.is_err(),
+        },
+    );
+    let mut reply = DeltaDiscoveryRequest {
+        type_url: kind.type_url().into(),
+        response_nonce: response.nonce.clone(),
+        ..Default::default()
+    };
+    let decoded = match decoded {
+        Ok(decoded) => decoded,
+        Err(detail) => {
+            reply.error_detail = nack_status(&detail);
+            nack_event(config, kind, detail);
+            return (reply, None);
+        }
+    };
+    let followups = apply(
+        s,
+        kind,
+        decoded,
+        &response.removed_resources,
+        false,
+        observing(config, kind),
+    );
+    s.types[kind.index()].version = response.system_version_info.clone();
+    (reply, Some(followups))
+}
+
+const VHDS: &str = "/envoy.service.route.v3.VirtualHostDiscoveryService/DeltaVirtualHosts";
+
+/// Opens a VHDS stream, beside the ADS stream and on its connection, for each route
+/// configuration that names VHDS and has none yet (as Envoy does: one per configuration).
+fn open_vhds_streams(
+    config: &SidecarConfig,
+    state: &Arc<Mutex<SidecarState>>,
+    s: &mut SidecarState,
+    channel: &tonic::transport::Channel,
+    streams: &mut tokio::task::JoinSet<()>,
+) {
+    for (key, route) in s.take_unopened_vhds() {
+        let (config, state, channel) = (config.clone(), state.clone(), channel.clone());
+        streams.spawn(async move {
+            if let Err(e) = run_vhds(&config, &state, channel, key, &route).await {
+                let mut s = state.lock().expect("sidecar state");
+                s.last_error = Some(format!("VHDS stream for {route:?}: {e:#}"));
+            }
+        });
+    }
+}
+
+/// One VHDS stream, for the route configuration `route`: like Envoy 1.40, it names nothing
+/// and is told which configuration it is for by the header the configuration's source sets.
+async fn run_vhds(
+    config: &SidecarConfig,
+    state: &Mutex<SidecarState>,
+    mut channel: tonic::transport::Channel,
+    route_key: u64,
+    route: &Bytes,
+) -> Result<()> {
+    let (tx, rx) = mpsc::unbounded_channel::<DeltaOut>();
+    tx.send(
+        DeltaDiscoveryRequest {
+            type_url: Kind::VirtualHost.type_url().into(),
+            node: Some(config.node.clone()),
+            ..Default::default()
+        }
+        .into(),
+    )?;
+    let header = (
+        ROUTE_CONFIG_HEADER,
+        String::from_utf8_lossy(route).into_owned(),
+    );
+    let mut stream = grpc::open_with(&mut channel, VHDS, &[header], rx).await?;
+    while let Some(mut message) = stream.next_message().await? {
+        let at = Instant::now();
+        let response = LiteDeltaDiscoveryResponse::decode(&mut message.body)?;
+        let kind = Kind::VirtualHost;
+        let mut followups;
+        {
+            let mut s = state.lock().expect("sidecar state");
+            let (reply, applied) = take_delta_response(config, &mut s, kind, &response, at);
+            tx.send(reply.into())?;
+            let Some(applied) = applied else {
+                continue;
+            };
+            followups = applied;
+            s.vhds_answered.insert(route_key, ());
             check_complete(&mut s, kind, &mut followups);
         }
         notify(config, kind, &mut followups);

@@ -13,7 +13,8 @@
 //! - `cold`: N sidecars connect at once (N = 1000, 2000, 5000, 10000 SotW; 2000 delta), then
 //!   10 s idle: connect→complete p50/p99/max, server peak and steady RSS, CPU.
 //! - `churn`: 5000 sidecars; 100 endpoint changes/s for 20 s: write→EDS ACK latency.
-//! - `vs-edit`: 10,000 VirtualServices, 2000 sidecars; one VirtualService edit: write→RDS ACK.
+//! - `vs-edit`: 10,000 VirtualServices, 2000 sidecars; one VirtualService edit: write→ACK,
+//!   as istiod serves routes (SotW sidecars) and with `--vhds` (delta sidecars, `vs_edit_vhds`).
 //! - `restart`: 5000 sidecars; SIGKILL and restart the server: start→re-synced, NACKs, bytes.
 //! - `stalled`: 1000 sidecars plus 50 changes/s, without and with 20 clients that never read.
 //!
@@ -161,6 +162,11 @@ struct Server {
 
 impl Server {
     fn start(bench: &Bench, mesh: &Path, name: &str) -> Result<Server> {
+        Self::start_with(bench, mesh, name, &[])
+    }
+
+    /// [`Server::start`] with extra `discovery` flags.
+    fn start_with(bench: &Bench, mesh: &Path, name: &str, extra: &[&str]) -> Result<Server> {
         let grpc = format!("127.0.0.1:{}", free_port()?);
         let monitoring = format!("127.0.0.1:{}", free_port()?);
         let mut args: Vec<String> = vec![
@@ -179,6 +185,7 @@ impl Server {
             bench.work.join("tls").display().to_string(),
         ];
         args.extend(bench.server_args.iter().cloned());
+        args.extend(extra.iter().map(|a| a.to_string()));
         let log = bench.work.join(format!("{name}.server.log"));
         let _ = std::fs::remove_file(&log);
         let mut server = Server {
@@ -481,15 +488,28 @@ fn churn(
     Ok(report)
 }
 
-fn vs_edit(bench: &Bench, proxies: usize) -> Result<Value> {
-    let name = "vs-edit";
+/// `vs-edit` as istiod serves routes (virtual hosts inline, SotW sidecars) or, with `vhds`, with
+/// `--vhds` and delta sidecars (Envoy's default), whose virtual hosts come over VHDS.
+fn vs_edit(bench: &Bench, name: &str, proxies: usize, vhds: bool) -> Result<Value> {
     let dir = TempDir::fresh(bench.work.join(name))?;
     let mesh = dir.0.join("mesh");
     bench.generate(&mesh, &["--virtual-services", "10000"])?;
-    let mut server = Server::start(bench, &mesh, name)?;
+    let (server_flags, flavor): (&[&str], &str) = if vhds {
+        (&["--vhds"], "delta")
+    } else {
+        (&[], "sotw")
+    };
+    let mut server = Server::start_with(bench, &mesh, name, server_flags)?;
     // Each sidecar's routes carry 10,000 virtual hosts: several MB instead of about 0.5.
     let timeout = 3 * connect_timeout(proxies);
-    let mut args = strings(&["vs-edit", "--xds", &server.grpc, "--metrics"]);
+    let mut args = strings(&[
+        "vs-edit",
+        "--flavor",
+        flavor,
+        "--xds",
+        &server.grpc,
+        "--metrics",
+    ]);
     args.push(server.monitoring.clone());
     args.extend(strings(&["--mesh", &mesh.display().to_string()]));
     args.extend(strings(&["--proxies", &proxies.to_string()]));
@@ -669,12 +689,13 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
                     record(&mut report, &mut errors, key, result);
                 }
             }
-            "vs-edit" => record(
-                &mut report,
-                &mut errors,
-                "vs_edit",
-                vs_edit(&bench, n(2000)),
-            ),
+            "vs-edit" => {
+                for (key, vhds) in [("vs_edit", false), ("vs_edit_vhds", true)] {
+                    eprintln!("xtask: bench: vs-edit ({key})");
+                    let result = vs_edit(&bench, key, n(2000), vhds);
+                    record(&mut report, &mut errors, key, result);
+                }
+            }
             "restart" => {
                 for (key, flavor) in [("restart", "sotw"), ("restart_delta", "delta")] {
                     eprintln!("xtask: bench: restart ({flavor})");
@@ -814,14 +835,20 @@ fn table(report: &Value) -> String {
     if report["churn_delta"].is_object() {
         out.push(churn_line("churn delta →EDS ack", &report["churn_delta"]));
     }
-    let v = &report["vs_edit"];
-    if v.is_object() {
+    for (key, label) in [
+        ("vs_edit", "vs-edit (write→RDS ack)"),
+        ("vs_edit_vhds", "vs-edit VHDS →ack"),
+    ] {
+        let v = &report[key];
+        if !v.is_object() {
+            continue;
+        }
         out.push(format!(
             "{:<22} {:>7} {:>11}  {:<22} {} VS, {} missing; responses after edit: {}",
-            "vs-edit (write→RDS ack)",
+            label,
             v["connect"]["proxies"],
             complete(&v["connect"]),
-            latency(&v["edit_to_rds_ack_ms"]),
+            latency(&v["edit_to_ack_ms"]),
             v["virtual_services"],
             v["missing"],
             by_type(&v["received_after_edit"]["responses_by_type"]),

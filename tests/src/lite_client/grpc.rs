@@ -148,16 +148,29 @@ pub async fn open<Req: Outbound>(
     path: &'static str,
     requests: mpsc::UnboundedReceiver<Req>,
 ) -> Result<GrpcStream> {
+    open_with(channel, path, &[], requests).await
+}
+
+/// [`open`], with gRPC metadata (request headers).
+pub async fn open_with<Req: Outbound>(
+    channel: &mut Channel,
+    path: &'static str,
+    metadata: &[(&'static str, String)],
+    requests: mpsc::UnboundedReceiver<Req>,
+) -> Result<GrpcStream> {
     let frames = UnboundedReceiverStream::new(requests)
         .map(|r| Ok::<_, std::convert::Infallible>(http_body::Frame::data(r.frame())));
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method(http::Method::POST)
         .uri(path)
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(tonic::body::Body::new(http_body_util::StreamBody::new(
-            frames,
-        )))?;
+        .header("te", "trailers");
+    for (key, value) in metadata {
+        request = request.header(*key, value.as_str());
+    }
+    let request = request.body(tonic::body::Body::new(http_body_util::StreamBody::new(
+        frames,
+    )))?;
     std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
     let response = channel.call(request).await?;
     if response.status() != http::StatusCode::OK {

@@ -141,7 +141,21 @@ pub struct LiteRds {
     pub route_config_name: Bytes,
 }
 
-/// `ClusterLoadAssignment.cluster_name` and `RouteConfiguration.name` are both field 1.
+/// `RouteConfiguration` down to its name and whether it names VHDS (`vhds`, field 9).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteRouteConfiguration {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub name: Bytes,
+    #[prost(message, optional, tag = "9")]
+    pub vhds: Option<LitePresent>,
+}
+
+/// A message read only for its presence.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LitePresent {}
+
+/// `ClusterLoadAssignment.cluster_name`, `RouteConfiguration.name` and `VirtualHost.name` are
+/// all field 1.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LiteNamed {
     #[prost(bytes = "bytes", tag = "1")]

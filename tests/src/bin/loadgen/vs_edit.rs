@@ -1,7 +1,8 @@
 //! `vs-edit`: on a mesh with many VirtualServices, with every sidecar holding its config, the
 //! weights of VirtualService 0 (for `svc-0`, on route "8080") go from 90/10 to 60/40 by
-//! rewriting its file; per sidecar, the time from the write to the ACK of the first RDS
-//! response whose route "8080" differs from what it held.
+//! rewriting its file; per sidecar, the time from the write to the ACK of the first response
+//! that changes route "8080": the route configuration itself, or (when it names VHDS) one of
+//! its virtual hosts `8080/<host>`.
 
 use crate::Flags;
 use crate::fleet::{
@@ -27,14 +28,20 @@ struct RouteWatch {
 
 impl Observer for RouteWatch {
     fn wants(&self, kind: Kind) -> bool {
-        kind == Kind::Route
+        matches!(kind, Kind::Route | Kind::VirtualHost)
     }
 
-    fn changed(&self, proxy: usize, _kind: Kind, name: &str, _body: &Bytes, acked_at: Instant) {
+    fn changed(&self, proxy: usize, kind: Kind, name: &str, _body: &Bytes, acked_at: Instant) {
         let Some(edited) = self.edited.get() else {
             return;
         };
-        if name != self.route || acked_at < *edited {
+        let of_route = match kind {
+            Kind::VirtualHost => {
+                meshpilot_translate::vhds::route_config_of(name) == Some(&self.route)
+            }
+            _ => name == self.route,
+        };
+        if !of_route || acked_at < *edited {
             return;
         }
         let us = acked_at.duration_since(*edited).as_micros() as u64;
@@ -93,7 +100,8 @@ pub async fn run(f: Flags) -> Result<()> {
         "updated": latencies.len(),
         "missing": complete.saturating_sub(latencies.len()),
         "edit_to_all_ms": ms(all_seen),
-        "edit_to_rds_ack_ms": summary(&mut latencies),
+        "flavor": options.flavor.name(),
+        "edit_to_ack_ms": summary(&mut latencies),
         "received_after_edit": fleet.received_since(Some(edited)),
         "server_pushes_delta": counter_delta(&pushes_before, &pushes_after),
         "client_problems": fleet.problems(),
