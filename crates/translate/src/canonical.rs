@@ -11,12 +11,16 @@ use crate::dump::descriptor_pool;
 use prost::Message;
 use prost::encoding::{WireType, decode_varint, encode_varint};
 use prost_reflect::{Kind, MessageDescriptor};
+use std::borrow::Cow;
 
 /// Encodes `message` with map entries in a canonical (sorted) order.
 pub fn encode_canonical<M: Message + prost::Name>(message: &M) -> Vec<u8> {
     let bytes = message.encode_to_vec();
     match descriptor_pool().get_message_by_name(&M::full_name()) {
-        Some(descriptor) => canonicalize(&descriptor, &bytes).unwrap_or(bytes),
+        Some(descriptor) => match canonicalize(&descriptor, &bytes) {
+            Some(Cow::Owned(canonical)) => canonical,
+            Some(Cow::Borrowed(_)) | None => bytes,
+        },
         None => bytes,
     }
 }
@@ -73,52 +77,72 @@ fn write_length_delimited(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
 }
 
 /// Re-encodes `bytes` (a `descriptor` message) canonically; `None` if it does not parse.
-fn canonicalize(descriptor: &MessageDescriptor, bytes: &[u8]) -> Option<Vec<u8>> {
+/// Borrowed when `bytes` already are canonical (every map with at most one entry, or already
+/// in order: the usual case), so nothing is copied for them.
+fn canonicalize<'b>(descriptor: &MessageDescriptor, bytes: &'b [u8]) -> Option<Cow<'b, [u8]>> {
     if descriptor.full_name() == "google.protobuf.Any" {
         return canonicalize_any(bytes);
     }
     let fields = split_fields(bytes)?;
-    let mut out = Vec::with_capacity(bytes.len());
+    // The canonical bytes, started only once something differs from `bytes`: then holding
+    // every field before the current one.
+    let mut out: Option<Vec<u8>> = None;
     let mut i = 0;
     while i < fields.len() {
         let field = &fields[i];
-        let Some(fd) = descriptor.get_field(field.number) else {
-            out.extend_from_slice(field.raw);
+        let message_kind = match descriptor.get_field(field.number) {
+            Some(fd) if field.wire_type == WireType::LengthDelimited => match fd.kind() {
+                Kind::Message(child) => Some((fd.is_map(), child)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((is_map, child)) = message_kind else {
+            if let Some(out) = &mut out {
+                out.extend_from_slice(field.raw);
+            }
             i += 1;
             continue;
         };
-        let Kind::Message(child) = fd.kind() else {
-            out.extend_from_slice(field.raw);
-            i += 1;
-            continue;
-        };
-        if field.wire_type != WireType::LengthDelimited {
-            out.extend_from_slice(field.raw);
-            i += 1;
-            continue;
-        }
-        if fd.is_map() {
+        let first = i;
+        let mut entries = Vec::new();
+        if is_map {
             // Entries of one map are contiguous in prost's output; sort them as a block.
-            let mut entries = Vec::new();
             while i < fields.len() && fields[i].number == field.number {
                 entries.push(canonicalize(&child, fields[i].payload?)?);
                 i += 1;
             }
-            entries.sort();
-            for entry in entries {
-                write_length_delimited(&mut out, field.number, &entry);
-            }
+        } else {
+            entries.push(canonicalize(&child, field.payload?)?);
+            i += 1;
+        }
+        let sorted = entries.is_sorted();
+        let unchanged = sorted && entries.iter().all(|e| matches!(e, Cow::Borrowed(_)));
+        if unchanged && out.is_none() {
             continue;
         }
-        let payload = canonicalize(&child, field.payload?)?;
-        write_length_delimited(&mut out, field.number, &payload);
-        i += 1;
+        let out = out.get_or_insert_with(|| {
+            // Everything before this field was canonical as it stood.
+            let start = fields[first].raw.as_ptr() as usize - bytes.as_ptr() as usize;
+            let mut out = Vec::with_capacity(bytes.len());
+            out.extend_from_slice(&bytes[..start]);
+            out
+        });
+        if !sorted {
+            entries.sort();
+        }
+        for entry in entries {
+            write_length_delimited(out, field.number, &entry);
+        }
     }
-    Some(out)
+    Some(match out {
+        Some(out) => Cow::Owned(out),
+        None => Cow::Borrowed(bytes),
+    })
 }
 
 /// `Any { type_url = 1, value = 2 }`: canonicalize the payload as the type it names.
-fn canonicalize_any(bytes: &[u8]) -> Option<Vec<u8>> {
+fn canonicalize_any(bytes: &[u8]) -> Option<Cow<'_, [u8]>> {
     let fields = split_fields(bytes)?;
     let type_url = fields
         .iter()
@@ -136,16 +160,22 @@ fn canonicalize_any(bytes: &[u8]) -> Option<Vec<u8>> {
         "{type_url} is not in the descriptor pool"
     );
     let mut out = Vec::with_capacity(bytes.len());
+    let mut changed = false;
     for field in &fields {
         match (field.number, &inner, field.payload) {
             (2, Some(inner), Some(value)) => {
                 let value = canonicalize(inner, value)?;
+                changed |= matches!(value, Cow::Owned(_));
                 write_length_delimited(&mut out, 2, &value);
             }
             _ => out.extend_from_slice(field.raw),
         }
     }
-    Some(out)
+    Some(if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(bytes)
+    })
 }
 
 #[cfg(test)]
@@ -187,6 +217,36 @@ mod tests {
             Metadata::decode(encode_canonical(&a).as_slice()).unwrap(),
             a
         );
+    }
+
+    #[test]
+    fn fields_around_a_sorted_map_are_kept_and_canonical_bytes_are_not_copied() {
+        use envoy_types::pb::envoy::config::route::v3::{Route, RouteMatch, route_match};
+        let keys: Vec<String> = (0..16).map(|i| format!("k{i}")).collect();
+        let route = |keys: Vec<&str>| Route {
+            // Encoded before the metadata (field 1 vs 4), the name after it (field 14).
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            metadata: Some(metadata(&keys)),
+            name: "r".into(),
+            ..Default::default()
+        };
+        let a = route(keys.iter().map(String::as_str).collect());
+        let b = route(keys.iter().rev().map(String::as_str).collect());
+        assert_eq!(encode_canonical(&a), encode_canonical(&b));
+        assert_eq!(Route::decode(encode_canonical(&a).as_slice()).unwrap(), a);
+
+        let single = route(vec!["only"]);
+        let plain = single.encode_to_vec();
+        let descriptor = descriptor_pool()
+            .get_message_by_name("envoy.config.route.v3.Route")
+            .unwrap();
+        assert!(matches!(
+            canonicalize(&descriptor, &plain),
+            Some(Cow::Borrowed(_))
+        ));
     }
 
     #[test]

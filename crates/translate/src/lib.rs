@@ -21,7 +21,7 @@ pub mod vhds;
 pub use clusters::build_clusters;
 pub use endpoints::build_endpoints;
 pub use listeners::build_listeners;
-pub use routes::build_routes;
+pub use routes::{build_routes, route_name_port, route_ports_touched_by};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;

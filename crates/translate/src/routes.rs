@@ -51,17 +51,32 @@ pub fn build_routes(
     proxy: &Proxy,
     names: &[String],
 ) -> Vec<RouteConfiguration> {
-    // Sniffed routes are slices of their port's route: build each port's hosts once.
+    // Sniffed routes are slices of their port's route: build each port's hosts once, and hand
+    // them over (not a copy) to the last name that needs them.
+    let parsed: Vec<Option<RouteName<'_>>> = names.iter().map(|n| parse_route_name(n)).collect();
+    let mut uses: HashMap<u16, usize> = HashMap::new();
+    for name in parsed.iter().flatten() {
+        *uses.entry(name.port()).or_default() += 1;
+    }
     let mut hosts_by_port: HashMap<u16, Vec<VirtualHost>> = HashMap::new();
     let mut hosts_for = |port: u16| -> Vec<VirtualHost> {
-        hosts_by_port
-            .entry(port)
-            .or_insert_with(|| build_port_virtual_hosts(snapshot, proxy, port))
-            .clone()
+        let left = uses.get_mut(&port).expect("counted above");
+        *left -= 1;
+        if *left == 0 {
+            hosts_by_port
+                .remove(&port)
+                .unwrap_or_else(|| build_port_virtual_hosts(snapshot, proxy, port))
+        } else {
+            hosts_by_port
+                .entry(port)
+                .or_insert_with(|| build_port_virtual_hosts(snapshot, proxy, port))
+                .clone()
+        }
     };
     names
         .iter()
-        .map(|name| match parse_route_name(name) {
+        .zip(parsed)
+        .map(|(name, parsed)| match parsed {
             Some(RouteName::Port(port)) => {
                 let mut virtual_hosts = hosts_for(port);
                 virtual_hosts.push(allow_any_virtual_host());
@@ -82,6 +97,51 @@ enum RouteName<'a> {
     Port(u16),
     /// `"reviews.default.svc.cluster.local:9080"`: a protocol-sniffing service listener.
     Sniffed { host: &'a str, port: u16 },
+}
+
+impl RouteName<'_> {
+    fn port(&self) -> u16 {
+        match self {
+            RouteName::Port(port) | RouteName::Sniffed { port, .. } => *port,
+        }
+    }
+}
+
+/// The port a route configuration name serves (`"80"`, or a sniffed `"<fqdn>:80"`), if it is one
+/// this module builds.
+pub fn route_name_port(name: &str) -> Option<u16> {
+    parse_route_name(name).map(|n| n.port())
+}
+
+/// The ports whose route configurations a change of VirtualServices from `old` to `new` can
+/// alter: the service ports of every host the changed VirtualServices name (before or after),
+/// and 80 for hosts naming no service. `None` (any) when one names a wildcard host.
+pub fn route_ports_touched_by(
+    old: &Snapshot,
+    new: &Snapshot,
+    changed: &[(&str, &str)],
+) -> Option<std::collections::BTreeSet<u16>> {
+    let mut ports = std::collections::BTreeSet::new();
+    for snapshot in [old, new] {
+        for vs in snapshot.virtual_services() {
+            let key = (vs.meta.namespace.as_str(), vs.meta.name.as_str());
+            if !changed.contains(&key) {
+                continue;
+            }
+            for host in &vs.spec.hosts {
+                if host.starts_with('*') {
+                    return None;
+                }
+                match snapshot.service(host) {
+                    Some(service) => ports.extend(service.ports.iter().map(|p| p.port)),
+                    None => {
+                        ports.insert(NON_SERVICE_HOST_PORT);
+                    }
+                }
+            }
+        }
+    }
+    Some(ports)
 }
 
 fn parse_route_name(name: &str) -> Option<RouteName<'_>> {
@@ -201,7 +261,16 @@ fn plan_virtual_hosts<'a>(
     port: u16,
     services: &[&'a Arc<Service>],
 ) -> Vec<VirtualHostSource<'a>> {
-    let names_a_service = |host: &str| services.iter().any(|s| host_matches(host, &s.hostname));
+    // Exact hosts by lookup: with thousands of VirtualServices and services, a scan per host
+    // was most of a route build. Wildcard hosts (rare) still scan.
+    let service_hosts: HashSet<&str> = services.iter().map(|s| &*s.hostname).collect();
+    let names_a_service = |host: &str| {
+        if host.starts_with('*') {
+            services.iter().any(|s| host_matches(host, &s.hostname))
+        } else {
+            service_hosts.contains(host)
+        }
+    };
     // A VirtualService with no rule left for this proxy and port leaves its hosts to others.
     let routed: Vec<(&'a VirtualServiceConfig, Vec<Route>)> =
         virtual_service::candidates(snapshot, proxy)
@@ -217,31 +286,42 @@ fn plan_virtual_hosts<'a>(
             })
             .filter(|(_, routes)| !routes.is_empty())
             .collect();
+    let owner_index = OwnerIndex::new(&routed);
     let owners: Vec<Option<usize>> = services
         .iter()
-        .map(|s| owning_virtual_service(&routed, &s.hostname))
+        .map(|s| owner_index.owner(&s.hostname))
         .collect();
 
     let mut sources = Vec::new();
-    for (index, (vs, routes)) in routed.iter().enumerate() {
+    for (index, (vs, routes)) in routed.into_iter().enumerate() {
+        let mut targets: Vec<HostTarget<'a>> = Vec::new();
         if port == NON_SERVICE_HOST_PORT {
-            for host in vs.spec.hosts.iter().filter(|h| !names_a_service(h)) {
-                sources.push(VirtualHostSource {
-                    name: virtual_host_name(host, port),
-                    target: HostTarget::Host(host),
-                    routes: routes.clone(),
-                });
-            }
+            let hosts = vs.spec.hosts.iter().filter(|h| !names_a_service(h));
+            targets.extend(hosts.map(|h| HostTarget::Host(h)));
         }
-        for (service, _) in services
-            .iter()
-            .zip(&owners)
-            .filter(|(_, o)| **o == Some(index))
-        {
+        let owned = services.iter().zip(&owners);
+        targets.extend(
+            owned
+                .filter(|(_, o)| **o == Some(index))
+                .map(|(service, _)| HostTarget::Service(service)),
+        );
+        // Most VirtualServices have one host: the last one takes the routes themselves.
+        let mut routes = Some(routes);
+        let last = targets.len().saturating_sub(1);
+        for (i, target) in targets.into_iter().enumerate() {
+            let host = match target {
+                HostTarget::Service(service) => &service.hostname,
+                HostTarget::Host(host) => host,
+            };
+            let routes = if i == last {
+                routes.take().unwrap_or_default()
+            } else {
+                routes.clone().unwrap_or_default()
+            };
             sources.push(VirtualHostSource {
-                name: virtual_host_name(&service.hostname, port),
-                target: HostTarget::Service(service),
-                routes: routes.clone(),
+                name: virtual_host_name(host, port),
+                target,
+                routes,
             });
         }
     }
@@ -255,34 +335,47 @@ fn plan_virtual_hosts<'a>(
     sources
 }
 
-/// The VirtualService that routes `hostname`: the first naming it exactly, else the one with the
+/// Which VirtualService routes a hostname: the first naming it exactly, else the one with the
 /// most specific wildcard covering it (the earlier one on a tie). No merging, as for istiod.
-fn owning_virtual_service(
-    routed: &[(&VirtualServiceConfig, Vec<Route>)],
-    hostname: &str,
-) -> Option<usize> {
-    let mut best: Option<(usize, usize)> = None;
-    for (index, (vs, _)) in routed.iter().enumerate() {
-        let specificity = vs
-            .spec
-            .hosts
-            .iter()
-            .filter(|h| host_matches(h, hostname))
-            .map(|h| {
-                if h.starts_with('*') {
-                    h.len()
+struct OwnerIndex<'a> {
+    /// Exact host → the first VirtualService naming it.
+    exact: HashMap<&'a str, usize>,
+    /// `(index, pattern)` of every wildcard host, in VirtualService order.
+    wildcards: Vec<(usize, &'a str)>,
+}
+
+impl<'a> OwnerIndex<'a> {
+    fn new(routed: &[(&'a VirtualServiceConfig, Vec<Route>)]) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcards = Vec::new();
+        for (index, (vs, _)) in routed.iter().enumerate() {
+            for host in &vs.spec.hosts {
+                if host.starts_with('*') {
+                    wildcards.push((index, host.as_str()));
                 } else {
-                    usize::MAX
+                    exact.entry(host.as_str()).or_insert(index);
                 }
-            })
-            .max();
-        if let Some(specificity) = specificity
-            && best.is_none_or(|(b, _)| specificity > b)
-        {
-            best = Some((specificity, index));
+            }
         }
+        OwnerIndex { exact, wildcards }
     }
-    best.map(|(_, index)| index)
+
+    fn owner(&self, hostname: &str) -> Option<usize> {
+        if let Some(index) = self.exact.get(hostname) {
+            return Some(*index);
+        }
+        let mut best: Option<(usize, usize)> = None;
+        for (index, pattern) in &self.wildcards {
+            if host_matches(pattern, hostname)
+                && best.is_none_or(|(length, at)| {
+                    pattern.len() > length || (pattern.len() == length && *index < at)
+                })
+            {
+                best = Some((pattern.len(), *index));
+            }
+        }
+        best.map(|(_, index)| index)
+    }
 }
 
 /// The single virtual host of a sniffed route: the one serving `host`, answering any domain.

@@ -24,9 +24,10 @@ use crate::types::{ResourceType, TypeSet};
 use bytes::Bytes;
 use dashmap::DashMap;
 use envoy_types::pb::google::protobuf::Any;
-use meshpilot_model::{ChangeSet, DestinationRuleConfig, Endpoint, Proxy, Snapshot};
+use meshpilot_model::{ChangeSet, ConfigKind, DestinationRuleConfig, Endpoint, Proxy, Snapshot};
 use meshpilot_translate::vhds::split_for_vhds;
 use meshpilot_translate::{build_clusters, build_endpoints, build_listeners, build_routes};
+use meshpilot_translate::{route_name_port, route_ports_touched_by};
 use prost::{Message, Name};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -507,7 +508,10 @@ pub struct ResourceCache {
     snapshot: Arc<Snapshot>,
     clusters: Arc<DashMap<ClusterClass, Resources>>,
     listeners: Arc<DashMap<ListenerClass, Resources>>,
-    routes: Arc<DashMap<RouteClass, BuiltRoute>>,
+    /// A cell per class, so proxies (and a proxy's ADS and VHDS streams) asking for a class
+    /// being built wait for that build instead of repeating it: a route configuration of
+    /// thousands of virtual hosts takes a good part of a second.
+    routes: Arc<DashMap<RouteClass, Arc<OnceLock<BuiltRoute>>>>,
     route_sets: Arc<DashMap<RouteSetClass, Resources>>,
     virtual_host_sets: Arc<DashMap<RouteSetClass, Resources>>,
     endpoints: Arc<DashMap<EndpointClass, CachedAssignment>>,
@@ -523,6 +527,32 @@ pub struct ResourceCache {
     any_headless: bool,
     any_http_source_match: bool,
     any_tcp_source_match: bool,
+}
+
+/// The ports whose route configurations `changes` can alter, when it changed nothing but
+/// VirtualServices (`None`: any, or something else changed too).
+fn virtual_service_route_ports(
+    old: &Snapshot,
+    new: &Snapshot,
+    changes: &ChangeSet,
+) -> Option<BTreeSet<u16>> {
+    let only_virtual_services = changes.services.is_empty()
+        && changes.endpoints.is_empty()
+        && changes.pods.is_empty()
+        && changes.namespaces.is_empty()
+        && changes
+            .configs
+            .iter()
+            .all(|k| k.kind == ConfigKind::VirtualService);
+    if !only_virtual_services {
+        return None;
+    }
+    let changed: Vec<(&str, &str)> = changes
+        .configs
+        .iter()
+        .map(|k| (k.namespace.as_str(), k.name.as_str()))
+        .collect();
+    route_ports_touched_by(old, new, &changed)
 }
 
 /// A whole set built once per class, and shared with the classes whose set holds the same
@@ -596,6 +626,29 @@ impl ResourceCache {
             next.routes = self.routes.clone();
             next.route_sets = self.route_sets.clone();
             next.virtual_host_sets = self.virtual_host_sets.clone();
+        } else if let Some(ports) =
+            virtual_service_route_ports(&self.snapshot, &next.snapshot, changes)
+        {
+            // Only VirtualServices changed: route configurations of other ports stay (with
+            // 10,000 VirtualServices, route "80" alone is a large build per class).
+            let kept = |name: &str| route_name_port(name).is_some_and(|p| !ports.contains(&p));
+            next.routes = Arc::new(
+                self.routes
+                    .iter()
+                    .filter(|e| kept(&e.key().name))
+                    .map(|e| (e.key().clone(), e.value().clone()))
+                    .collect(),
+            );
+            let kept_sets = |sets: &DashMap<RouteSetClass, Resources>| {
+                Arc::new(
+                    sets.iter()
+                        .filter(|e| e.key().names.iter().all(kept))
+                        .map(|e| (e.key().clone(), e.value().clone()))
+                        .collect(),
+                )
+            };
+            next.route_sets = kept_sets(&self.route_sets);
+            next.virtual_host_sets = kept_sets(&self.virtual_host_sets);
         }
         next.endpoints = self.endpoints.clone();
         next.names = self.names.clone();
@@ -712,12 +765,18 @@ impl ResourceCache {
             dns_domain: proxy.dns_domain.clone(),
             labels: labels.clone(),
         };
-        if let Some(hit) = self.routes.get(&class) {
-            return hit.clone();
-        }
+        // The map's lock is held only to find the cell; the build runs outside it.
+        let cell = match self.routes.get(&class) {
+            Some(cell) => cell.clone(),
+            None => self.routes.entry(class).or_default().clone(),
+        };
+        cell.get_or_init(|| self.build_route(proxy, name)).clone()
+    }
+
+    fn build_route(&self, proxy: &Proxy, name: &Arc<str>) -> BuiltRoute {
         let built = build_routes(&self.snapshot, proxy, &[name.to_string()]);
         let route = built.into_iter().next().unwrap_or_default();
-        let route = if self.options.vhds {
+        if self.options.vhds {
             let (config, virtual_hosts) = split_for_vhds(route);
             BuiltRoute {
                 config: self.content.resource(Resource::encode(name, &config)),
@@ -733,8 +792,7 @@ impl ResourceCache {
                 config: self.content.resource(Resource::encode(name, &route)),
                 virtual_hosts: Arc::default(),
             }
-        };
-        self.routes.entry(class).or_insert(route).clone()
+        }
     }
 
     /// The subscribed load assignments, in name order.
@@ -959,6 +1017,54 @@ mod tests {
             ]
         );
         assert!(diff.removed.is_empty());
+    }
+
+    #[test]
+    fn a_virtual_service_edit_keeps_the_route_configurations_of_other_ports() {
+        use meshpilot_model::fixtures::{mk_reviews_index, mk_virtual_service};
+        let vs = |name: &str, body: &str| mk_virtual_service("default", name, body);
+        let mut index = mk_reviews_index(&["v1", "v2"]);
+        index.apply(vs(
+            "reviews",
+            "hosts: [reviews]\nhttp:\n- route: [{destination: {host: reviews}}]\n",
+        ));
+        let client = proxy("10.244.1.20", "productpage", "default", "productpage");
+        let mut cache = ResourceCache::new(Arc::new(index.snapshot()));
+        let built = |cache: &ResourceCache| -> BTreeSet<String> {
+            cache
+                .routes
+                .iter()
+                .map(|e| e.key().name.to_string())
+                .collect()
+        };
+        let mut edit = |cache: &ResourceCache, body: &str, name: &str| {
+            cache.routes(&client, &cache.intern(NameSet::new(["80", "9080"])));
+            let changes = index.apply(vs(name, body));
+            let snapshot = Arc::new(index.snapshot());
+            let affected = crate::types::affected_types(&changes, &snapshot);
+            cache.next(snapshot, &changes, affected)
+        };
+        // reviews serves 9080: route "80" is carried over as built, "9080" is dropped.
+        cache = edit(
+            &cache,
+            "hosts: [reviews]\nhttp:\n- route: [{destination: {host: reviews, port: {number: 9080}}}]\n",
+            "reviews",
+        );
+        assert_eq!(built(&cache), BTreeSet::from(["80".to_string()]));
+        // A host naming no service is served on route "80": that one goes, "9080" stays.
+        cache = edit(
+            &cache,
+            "hosts: [www.example.com]\nhttp:\n- route: [{destination: {host: reviews}}]\n",
+            "external",
+        );
+        assert_eq!(built(&cache), BTreeSet::from(["9080".to_string()]));
+        // A wildcard host may cover any service: nothing is kept.
+        cache = edit(
+            &cache,
+            "hosts: ['*.default.svc.cluster.local']\nhttp:\n- route: [{destination: {host: reviews}}]\n",
+            "wide",
+        );
+        assert!(built(&cache).is_empty());
     }
 
     /// A named resource whose version follows `body`.

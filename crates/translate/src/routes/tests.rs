@@ -559,6 +559,43 @@ fn wildcard_hosts_cover_services_and_exact_hosts_win() {
 }
 
 #[test]
+fn the_most_specific_wildcard_wins_and_the_older_one_on_a_tie() {
+    let wildcard = |name: &str, host: &str, subset: &str, created_at: &str| {
+        created(
+            mk_virtual_service(
+                "default",
+                name,
+                &format!(
+                    "hosts: ['{host}']\nhttp:\n- route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n"
+                ),
+            ),
+            created_at,
+        )
+    };
+    let snapshot = snapshot_with(vec![
+        wildcard("mesh", "*.svc.cluster.local", "v1", "2024-01-01T00:00:00Z"),
+        wildcard(
+            "namespace",
+            "*.default.svc.cluster.local",
+            "v2",
+            "2025-01-01T00:00:00Z",
+        ),
+        wildcard(
+            "same",
+            "*.default.svc.cluster.local",
+            "v1",
+            "2026-01-01T00:00:00Z",
+        ),
+    ]);
+    let config = route_config(&snapshot, "9080");
+    let reviews = &vhost(&config, &format!("{REVIEWS}:9080")).routes[0];
+    assert_eq!(
+        single_cluster(reviews),
+        format!("outbound|9080|v2|{REVIEWS}")
+    );
+}
+
+#[test]
 fn hosts_naming_no_service_get_a_vhost_on_port_80_only() {
     let snapshot = snapshot_with(vec![mk_virtual_service(
         "default",
