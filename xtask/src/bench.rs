@@ -778,7 +778,7 @@ fn latency(v: &Value) -> String {
 }
 
 fn by_type(v: &Value) -> String {
-    ["cds", "eds", "lds", "rds"]
+    ["cds", "eds", "lds", "rds", "vhds"]
         .iter()
         .map(|k| format!("{k} {}", v[k].as_f64().unwrap_or(0.0)))
         .collect::<Vec<_>>()

@@ -293,13 +293,17 @@ impl Connection {
         self.refresh_proxy(ctx);
         let kind = ResourceType::from_type_url(&req.type_url);
         let is_new = !self.watches.contains_key(&req.type_url);
+        let virtual_host_configs = (is_new && kind == Some(ResourceType::VirtualHost))
+            .then(|| self.virtual_host_subscription(&req, ctx));
         let watch = self.watches.entry(req.type_url.clone()).or_default();
         if is_new {
             // Bytes: the strings were checked when the request was decoded.
             let explicit: Vec<&[u8]> = req.subscribe.iter_bytes().filter(|n| *n != b"*").collect();
             watch.wildcard = kind.is_none_or(ResourceType::is_wildcard)
                 && (explicit.is_empty() || req.subscribe.iter_bytes().any(|n| n == b"*"));
-            if !watch.wildcard {
+            if let Some(configs) = virtual_host_configs {
+                watch.names = configs;
+            } else if !watch.wildcard {
                 // Versions the proxy already holds (after a reconnect) count as subscriptions.
                 // Those come from a map in no particular order: sorted, sidecars of one class
                 // name one list again, and its set is built once.
@@ -320,12 +324,6 @@ impl Connection {
                     let fingerprint = fingerprint_names(names.iter().copied());
                     ctx.cache.intern_list(fingerprint, || NameSet::new(names))
                 };
-            }
-            if kind == Some(ResourceType::VirtualHost)
-                && watch.names.is_empty()
-                && let Some(scope) = &self.virtual_host_scope
-            {
-                watch.names = ctx.cache.intern(NameSet::new([scope.clone()]));
             }
             if !req.initial_resource_versions.is_empty() {
                 watch.held = Held::Versions(Arc::new(req.initial_resource_versions));
@@ -386,6 +384,26 @@ impl Connection {
             out.extend(self.settle_owed(&req.type_url, ctx));
         }
         out
+    }
+
+    /// The route configurations a new VHDS subscription stands for: those it names; else the
+    /// stream's own ([`Connection::scope_virtual_hosts_to`]); else, after a reconnect, those
+    /// of the virtual hosts it holds.
+    fn virtual_host_subscription(&self, req: &DeltaRequest, ctx: &PushContext) -> Arc<NameSet> {
+        let mut configs: Vec<&str> = req.subscribe.iter().filter(|n| *n != "*").collect();
+        if configs.is_empty() {
+            match &self.virtual_host_scope {
+                Some(scope) => configs.push(scope),
+                None => configs.extend(
+                    req.initial_resource_versions
+                        .names()
+                        .filter_map(route_config_of),
+                ),
+            }
+        }
+        configs.sort_unstable();
+        configs.dedup();
+        ctx.cache.intern(NameSet::new(configs))
     }
 
     // ---- pushes -------------------------------------------------------------------------

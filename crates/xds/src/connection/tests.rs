@@ -740,6 +740,40 @@ mod vhds {
     }
 
     #[test]
+    fn a_reconnecting_vhds_stream_holding_its_hosts_is_sent_only_what_changed() {
+        let mut mesh = vhds_mesh();
+        let ctx = mesh.ctx();
+        let mut first = connection(Flavor::Delta);
+        first.scope_virtual_hosts_to("9080".into());
+        let held: HashMap<String, String> = subscribe(&mut first, &ctx, &[])
+            .resources
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
+        // The control plane restarts; meanwhile the VirtualService changed.
+        mesh.change(vec![vs(50, 50)]);
+        let ctx = mesh.ctx();
+        for scoped in [true, false] {
+            let mut again = connection(Flavor::Delta);
+            if scoped {
+                again.scope_virtual_hosts_to("9080".into());
+            }
+            let out = delta_one(again.on_delta_request(
+                DeltaRequest::from(DeltaDiscoveryRequest {
+                    type_url: VIRTUAL_HOST.into(),
+                    initial_resource_versions: held.clone(),
+                    ..Default::default()
+                }),
+                &ctx,
+            ));
+            assert_eq!(host_names(&out), [REVIEWS_HOST], "scoped: {scoped}");
+            assert!(out.removed_resources.is_empty());
+            let names: Vec<&str> = watch(&again, VIRTUAL_HOST).names.iter().collect();
+            assert_eq!(names, ["9080"]);
+        }
+    }
+
+    #[test]
     fn without_the_option_route_configurations_keep_their_hosts_and_vhds_is_empty() {
         let mesh = Mesh::new();
         let ctx = mesh.ctx();
