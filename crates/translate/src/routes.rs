@@ -121,6 +121,7 @@ pub fn route_ports_touched_by(
     new: &Snapshot,
     changed: &[(&str, &str)],
 ) -> Option<std::collections::BTreeSet<u16>> {
+    let changed: HashSet<&(&str, &str)> = changed.iter().collect();
     let mut ports = std::collections::BTreeSet::new();
     for snapshot in [old, new] {
         for vs in snapshot.virtual_services() {

@@ -729,7 +729,7 @@ impl ResourceCache {
     }
 
     /// VHDS: the virtual hosts of the subscribed route configurations, named
-    /// `<route configuration>/<virtual host>`. None without [`CacheOptions::vhds`] (the
+    /// `<route configuration>/<virtual host>`. Empty without [`CacheOptions::vhds`] (the
     /// configurations carry their virtual hosts then).
     pub fn virtual_hosts(&self, proxy: &Proxy, route_configs: &Arc<NameSet>) -> Resources {
         let labels = self.any_http_source_match.then(|| proxy.labels.clone());
