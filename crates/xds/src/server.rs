@@ -116,14 +116,20 @@ fn touch(touched: Option<TypeSet>, type_url: &str) -> Option<TypeSet> {
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-/// `envoy.service.discovery.v3.AggregatedDiscoveryService`, wired by hand rather than through
-/// the generated server so that neither direction keeps per-stream buffers: requests decode
-/// into Envoy's generated types from a buffer released after each message, and responses are
-/// written from the cache's shared encoded resources a chunk at a time (see [`crate::grpc`]).
+/// `envoy.service.discovery.v3.AggregatedDiscoveryService` ([`AdsServer`]) and, for `--vhds`,
+/// `envoy.service.route.v3.VirtualHostDiscoveryService` ([`VhdsServer`]: `DeltaVirtualHosts`
+/// only, as Envoy uses it, served by the same state machine watching only virtual hosts).
+/// Wired by hand rather than through the generated servers so that neither direction keeps
+/// per-stream buffers: requests decode into Envoy's generated types from a buffer released
+/// after each message, and responses are written from the cache's shared encoded resources a
+/// chunk at a time (see [`crate::grpc`]).
 #[derive(Clone)]
-pub struct AdsServer {
+pub struct DiscoveryServer<const VHDS: bool> {
     ads: AdsService,
 }
+
+pub type AdsServer = DiscoveryServer<false>;
+pub type VhdsServer = DiscoveryServer<true>;
 
 const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 const VHDS_SERVICE_NAME: &str = "envoy.service.route.v3.VirtualHostDiscoveryService";
@@ -140,42 +146,11 @@ impl NamedService for AdsServer {
     const NAME: &'static str = SERVICE_NAME;
 }
 
-impl<B> tonic::codegen::Service<http::Request<B>> for AdsServer
-where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let flavor = match request.uri().path() {
-            SOTW_PATH => Flavor::Sotw,
-            DELTA_PATH => Flavor::Delta,
-            _ => return Box::pin(async { Ok(Status::unimplemented("").into_http()) }),
-        };
-        self.ads.call(Served::Ads(flavor), request)
-    }
-}
-
-/// `envoy.service.route.v3.VirtualHostDiscoveryService` (`DeltaVirtualHosts` only, as Envoy
-/// uses it): the streams VHDS route configurations name. Served by the same state machine as
-/// ADS, watching only virtual hosts.
-#[derive(Clone)]
-pub struct VhdsServer {
-    ads: AdsService,
-}
-
 impl NamedService for VhdsServer {
     const NAME: &'static str = VHDS_SERVICE_NAME;
 }
 
-impl<B> tonic::codegen::Service<http::Request<B>> for VhdsServer
+impl<const VHDS: bool, B> tonic::codegen::Service<http::Request<B>> for DiscoveryServer<VHDS>
 where
     B: tonic::codegen::Body + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send + 'static,
@@ -189,16 +164,20 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != VHDS_PATH {
-            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
-        }
-        // The route configuration this stream is for, when its config source names it.
-        let route_config = request
-            .headers()
-            .get(ROUTE_CONFIG_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(Arc::from);
-        self.ads.call(Served::Vhds { route_config }, request)
+        let served = match (VHDS, request.uri().path()) {
+            (false, SOTW_PATH) => Served::Ads(Flavor::Sotw),
+            (false, DELTA_PATH) => Served::Ads(Flavor::Delta),
+            (true, VHDS_PATH) => Served::Vhds {
+                // The route configuration this stream is for, when its config source names it.
+                route_config: request
+                    .headers()
+                    .get(ROUTE_CONFIG_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(Arc::from),
+            },
+            _ => return Box::pin(async { Ok(Status::unimplemented("").into_http()) }),
+        };
+        self.ads.call(served, request)
     }
 }
 
