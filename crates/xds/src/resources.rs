@@ -710,15 +710,20 @@ impl ResourceCache {
         })
     }
 
-    /// The subscribed route configurations, in name order.
-    pub fn routes(&self, proxy: &Proxy, names: &Arc<NameSet>) -> Resources {
-        let labels = self.any_http_source_match.then(|| proxy.labels.clone());
-        let class = RouteSetClass {
+    /// What a subscription's route configurations (and their virtual hosts) depend on.
+    fn route_set_class(&self, proxy: &Proxy, names: &Arc<NameSet>) -> RouteSetClass {
+        RouteSetClass {
             names: names.clone(),
             namespace: proxy.namespace.clone(),
             dns_domain: proxy.dns_domain.clone(),
-            labels: labels.clone(),
-        };
+            labels: self.any_http_source_match.then(|| proxy.labels.clone()),
+        }
+    }
+
+    /// The subscribed route configurations, in name order.
+    pub fn routes(&self, proxy: &Proxy, names: &Arc<NameSet>) -> Resources {
+        let class = self.route_set_class(proxy, names);
+        let labels = class.labels.clone();
         shared_set(&self.route_sets, &self.content, class, || {
             names
                 .names
@@ -732,13 +737,8 @@ impl ResourceCache {
     /// `<route configuration>/<virtual host>`. Empty without [`CacheOptions::vhds`] (the
     /// configurations carry their virtual hosts then).
     pub fn virtual_hosts(&self, proxy: &Proxy, route_configs: &Arc<NameSet>) -> Resources {
-        let labels = self.any_http_source_match.then(|| proxy.labels.clone());
-        let class = RouteSetClass {
-            names: route_configs.clone(),
-            namespace: proxy.namespace.clone(),
-            dns_domain: proxy.dns_domain.clone(),
-            labels: labels.clone(),
-        };
+        let class = self.route_set_class(proxy, route_configs);
+        let labels = class.labels.clone();
         shared_set(&self.virtual_host_sets, &self.content, class, || {
             route_configs
                 .names
