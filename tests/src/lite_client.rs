@@ -139,7 +139,16 @@ pub enum Event {
 /// carrying it was ACKed.
 pub trait Observer: Send + Sync {
     fn wants(&self, kind: Kind) -> bool;
-    fn changed(&self, proxy: usize, kind: Kind, name: &str, body: &Bytes, acked_at: Instant);
+    /// `body_hash` is [`body_hash`] of `body`, already computed.
+    fn changed(
+        &self,
+        proxy: usize,
+        kind: Kind,
+        name: &str,
+        body: &Bytes,
+        body_hash: u64,
+        acked_at: Instant,
+    );
 }
 
 /// One response as received.
@@ -565,10 +574,18 @@ enum HeldVersion {
 
 impl HeldVersion {
     fn parse(bytes: &[u8]) -> HeldVersion {
-        let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
-        if bytes.len() == 16 && bytes.iter().all(lower_hex) {
-            let text = std::str::from_utf8(bytes).expect("ASCII");
-            if let Ok(value) = u64::from_str_radix(text, 16) {
+        if bytes.len() == 16 {
+            let mut value = 0u64;
+            let lower_hex = bytes.iter().all(|b| {
+                let digit = match b {
+                    b'0'..=b'9' => b - b'0',
+                    b'a'..=b'f' => b - b'a' + 10,
+                    _ => return false,
+                };
+                value = value << 4 | u64::from(digit);
+                true
+            });
+            if lower_hex {
                 return HeldVersion::Hex(value);
             }
         }
@@ -592,6 +609,7 @@ impl HeldVersion {
 }
 
 /// A resource decoded as far as the client needs.
+#[derive(Debug)]
 struct Decoded {
     key: u64,
     name: Bytes,
@@ -603,6 +621,52 @@ struct Decoded {
     routes: Vec<u64>,
     /// Route configurations: they name VHDS.
     vhds: bool,
+}
+
+/// How a response carries its resources.
+#[derive(Clone, Copy)]
+enum Wire {
+    /// SotW: each an `Any`.
+    Any,
+    /// Delta: each a `Resource` naming it and its version around the `Any`.
+    Resource,
+}
+
+/// Decodes every resource of a response in one pass; also returns the bytes of their bodies.
+/// One undecodable resource fails them all, as Envoy rejects the whole update.
+fn decode_all(kind: Kind, raw: &[Bytes], wire: Wire) -> (u64, Result<Vec<Decoded>, String>) {
+    let mut bytes = 0;
+    let mut decoded = Vec::with_capacity(raw.len());
+    for resource in raw {
+        let one = match wire {
+            Wire::Any => LiteAny::decode(resource.clone())
+                .map_err(|e| format!("decoding an Any: {e}"))
+                .and_then(|any| {
+                    bytes += any.value.len() as u64;
+                    decode_resource(kind, &any, None)
+                }),
+            Wire::Resource => {
+                let r = match LiteResource::decode(resource.clone()) {
+                    Ok(r) => r,
+                    Err(e) => return (bytes, Err(format!("decoding a Resource: {e}"))),
+                };
+                // A Resource without a body (a TTL heartbeat) changes nothing here.
+                let Some(any) = r.resource.as_ref() else {
+                    continue;
+                };
+                bytes += any.value.len() as u64;
+                decode_resource(kind, any, Some(&r.name)).map(|mut d| {
+                    d.version = Some(HeldVersion::parse(&r.version));
+                    d
+                })
+            }
+        };
+        match one {
+            Ok(d) => decoded.push(d),
+            Err(detail) => return (bytes, Err(detail)),
+        }
+    }
+    (bytes, Ok(decoded))
 }
 
 fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<Decoded, String> {
@@ -689,8 +753,8 @@ fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<De
 /// What to do after a response was applied.
 #[derive(Default)]
 struct Followups {
-    /// Changed resources (name, body) to tell the observer about.
-    changed: Vec<(Bytes, Bytes)>,
+    /// Changed resources (name, body, body hash) to tell the observer about.
+    changed: Vec<(Bytes, Bytes, u64)>,
     /// After CDS / LDS: the EDS / RDS names added and removed (both empty: unchanged).
     eds: Option<(Vec<Bytes>, Vec<Bytes>)>,
     rds: Option<(Vec<Bytes>, Vec<Bytes>)>,
@@ -743,8 +807,13 @@ fn apply(
         let t = &mut state.types[kind.index()];
         let previous = t.held.insert(d.key, d.hash);
         let previous = previous.or_else(|| old.as_ref().and_then(|o| o.get(&d.key).copied()));
+        if previous.is_none() && d.version.is_some() {
+            // Delta only: a reconnect names every held resource. Held before means
+            // registered before (the registry only grows).
+            register(d.key, &d.name);
+        }
         if observe && previous != Some(d.hash) {
-            followups.changed.push((d.name, d.body));
+            followups.changed.push((d.name, d.body, d.hash));
         }
         if let Some(version) = d.version {
             t.versions.insert(d.key, version);
@@ -827,9 +896,9 @@ fn notify(config: &SidecarConfig, kind: Kind, followups: &mut Followups) {
     }
     if let Some(observer) = &config.observer {
         let acked = Instant::now();
-        for (name, body) in followups.changed.drain(..) {
+        for (name, body, hash) in followups.changed.drain(..) {
             if let Ok(name) = std::str::from_utf8(&name) {
-                observer.changed(config.index, kind, name, &body, acked);
+                observer.changed(config.index, kind, name, &body, hash, acked);
             }
         }
     }
@@ -885,16 +954,7 @@ async fn run_sotw(
         let Some(kind) = Kind::from_type_url(&response.type_url) else {
             continue;
         };
-        let bytes = response
-            .resources
-            .iter()
-            .map(|a| a.value.len() as u64)
-            .sum();
-        let decoded: Result<Vec<Decoded>, String> = response
-            .resources
-            .iter()
-            .map(|any| decode_resource(kind, any, None))
-            .collect();
+        let (bytes, decoded) = decode_all(kind, &response.resources, Wire::Any);
         let mut followups;
         {
             let mut s = state.lock().expect("sidecar state");
@@ -1112,19 +1172,7 @@ fn take_delta_response(
     response: &LiteDeltaDiscoveryResponse,
     at: Instant,
 ) -> (DeltaDiscoveryRequest, Option<Followups>) {
-    let mut bytes = 0;
-    let decoded: Result<Vec<Decoded>, String> = response
-        .resources
-        .iter()
-        .filter_map(|r| Some((r, r.resource.as_ref()?)))
-        .map(|(r, any)| {
-            bytes += any.value.len() as u64;
-            let mut d = decode_resource(kind, any, Some(&r.name))?;
-            register(d.key, &d.name);
-            d.version = Some(HeldVersion::parse(&r.version));
-            Ok(d)
-        })
-        .collect();
+    let (bytes, decoded) = decode_all(kind, &response.resources, Wire::Resource);
     let stream = s.stream;
     record(
         s,
@@ -1413,6 +1461,57 @@ mod tests {
         let removed = [Bytes::from_static(b"a")];
         apply(&mut state, Kind::Endpoint, vec![], &removed, false, true);
         assert!(state.of(Kind::Endpoint).held.is_empty());
+    }
+
+    #[test]
+    fn responses_decode_in_one_pass_and_one_broken_resource_fails_them_all() {
+        let any = |a: &LiteAny| Bytes::from(a.encode_to_vec());
+        let (a, b) = (mk_named(Kind::Endpoint, "a"), mk_named(Kind::Endpoint, "b"));
+        let body_bytes = (a.value.len() + b.value.len()) as u64;
+        let (bytes, decoded) = decode_all(Kind::Endpoint, &[any(&a), any(&b)], Wire::Any);
+        let names: Vec<Bytes> = decoded.unwrap().into_iter().map(|d| d.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(bytes, body_bytes);
+        let broken = Bytes::from_static(&[0x12, 0x7f]);
+        let (_, decoded) = decode_all(Kind::Endpoint, &[any(&a), broken], Wire::Any);
+        assert!(decoded.unwrap_err().contains("decoding an Any"));
+
+        // Delta: the Resource's name and version; a body-less Resource is skipped.
+        let resource = |name: &str, body: Option<&LiteAny>| -> Bytes {
+            LiteResource {
+                version: Bytes::from_static(b"00000000000000ff"),
+                resource: body.cloned(),
+                name: Bytes::copy_from_slice(name.as_bytes()),
+            }
+            .encode_to_vec()
+            .into()
+        };
+        let raw = [resource("a", Some(&a)), resource("z", None)];
+        let (_, decoded) = decode_all(Kind::Endpoint, &raw, Wire::Resource);
+        let decoded = decoded.unwrap();
+        assert_eq!(decoded.len(), 1);
+        assert_eq!(decoded[0].version, Some(HeldVersion::Hex(0xff)));
+        let misnamed = [resource("b", Some(&a))];
+        let (_, decoded) = decode_all(Kind::Endpoint, &misnamed, Wire::Resource);
+        assert!(decoded.unwrap_err().contains("carries a body named"));
+    }
+
+    #[test]
+    fn a_delta_resource_held_for_the_first_time_is_registered() {
+        let mut state = SidecarState::new();
+        // SotW never names held resources back: nothing to register.
+        let name = "sotw-only";
+        let d = decode(Kind::Endpoint, &mk_named(Kind::Endpoint, name));
+        let key = d.key;
+        apply(&mut state, Kind::Endpoint, vec![d], &[], false, false);
+        assert_eq!(registered(key), None);
+        // A delta reconnect names it with its version.
+        let name = "registered-on-first-sight";
+        let mut d = decode(Kind::Endpoint, &mk_named(Kind::Endpoint, name));
+        d.version = Some(HeldVersion::Hex(1));
+        let key = d.key;
+        apply(&mut state, Kind::Endpoint, vec![d], &[], false, false);
+        assert_eq!(registered(key).as_deref(), Some(name.as_bytes()));
     }
 
     #[test]

@@ -52,12 +52,15 @@ impl super::grpc::Outbound for SotwRequestOut {
     }
 }
 
+/// Responses keep each resource as the slice it arrived in (a `Vec` of small slices grows
+/// cheaply while a push of hundreds is read); the client decodes each in one pass.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LiteDiscoveryResponse {
     #[prost(string, tag = "1")]
     pub version_info: String,
-    #[prost(message, repeated, tag = "2")]
-    pub resources: Vec<LiteAny>,
+    /// Encoded `Any`s.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub resources: Vec<Bytes>,
     #[prost(string, tag = "4")]
     pub type_url: String,
     #[prost(string, tag = "5")]
@@ -79,8 +82,9 @@ pub struct LiteResource {
 pub struct LiteDeltaDiscoveryResponse {
     #[prost(string, tag = "1")]
     pub system_version_info: String,
-    #[prost(message, repeated, tag = "2")]
-    pub resources: Vec<LiteResource>,
+    /// Encoded `Resource`s.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub resources: Vec<Bytes>,
     #[prost(string, tag = "4")]
     pub type_url: String,
     #[prost(string, tag = "5")]

@@ -15,11 +15,10 @@ use crate::fleet::{
 use anyhow::Result;
 use bytes::Bytes;
 use meshpilot_tests::lite_client::proto::LiteLoadAssignment;
-use meshpilot_tests::lite_client::{Kind, Observer};
+use meshpilot_tests::lite_client::{KeyMap, Kind, Observer};
 use meshpilot_tests::meshgen::{MeshSpec, read_spec, write_endpoint_slice};
 use prost::Message;
 use serde_json::json;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -38,12 +37,16 @@ fn parse_marker(address: &str) -> Option<usize> {
     Some(high.parse::<usize>().ok()? * 256 + low.parse::<usize>().ok()?)
 }
 
-#[derive(Default)]
 struct ProxyCredits {
     /// Per service: how many of its changes this proxy has credited.
-    credited: HashMap<usize, usize>,
+    credited: Vec<u32>,
     latencies_us: Vec<u64>,
 }
+
+/// What an assignment body says: its service, and the latest change of it the body carries.
+type Marked = Option<(usize, usize)>;
+
+const MEMO_SHARDS: usize = 64;
 
 /// The changes written so far, and what each sidecar has seen of them.
 struct ChurnBook {
@@ -54,45 +57,52 @@ struct ChurnBook {
     reached: Vec<AtomicU32>,
     slowest_us: Vec<AtomicU64>,
     credited: AtomicU64,
-    /// Per assignment body (by content hash): the latest marker in it.
-    markers: Mutex<HashMap<u128, Option<usize>>>,
+    /// Per assignment body (by the client's body hash; the body names its cluster): what it
+    /// says, sharded so that the two runtime threads seldom wait on each other.
+    markers: Vec<Mutex<KeyMap<Marked>>>,
 }
 
 impl ChurnBook {
     fn new(spec: MeshSpec, changes: usize, proxies: usize) -> Self {
         ChurnBook {
-            spec,
             written: (0..changes).map(|_| OnceLock::new()).collect(),
-            proxies: (0..proxies).map(|_| Mutex::default()).collect(),
+            proxies: (0..proxies)
+                .map(|_| {
+                    Mutex::new(ProxyCredits {
+                        credited: vec![0; spec.services],
+                        latencies_us: Vec::new(),
+                    })
+                })
+                .collect(),
+            spec,
             reached: (0..changes).map(|_| AtomicU32::new(0)).collect(),
             slowest_us: (0..changes).map(|_| AtomicU64::new(0)).collect(),
             credited: AtomicU64::new(0),
-            markers: Mutex::default(),
+            markers: (0..MEMO_SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
-}
 
-impl ChurnBook {
-    /// The latest change of `service` an assignment carries. Every sidecar is sent the same
-    /// encoded assignment, so each distinct body is decoded once (the load generator shares
-    /// the server's cores, and decoding per sidecar was a quarter of its time).
-    fn latest_marker(&self, service: usize, body: &Bytes) -> Option<usize> {
-        let key = xxhash_rust::xxh3::xxh3_128(body);
-        if let Some(known) = self.markers.lock().expect("markers").get(&key) {
+    /// The service of `cluster` (its default cluster only) and the latest change of it the
+    /// assignment carries. Every sidecar is sent the same encoded assignment, so each
+    /// distinct body is decoded once (the load generator shares the server's cores, and
+    /// decoding per sidecar was a quarter of its time).
+    fn marked(&self, cluster: &str, body: &Bytes, body_hash: u64) -> Marked {
+        let shard = &self.markers[body_hash as usize % MEMO_SHARDS];
+        if let Some(known) = shard.lock().expect("markers").get(&body_hash) {
             return *known;
         }
         let services = self.spec.services;
-        let latest = LiteLoadAssignment::decode(body.clone())
-            .ok()
-            .and_then(|assignment| {
-                assignment
-                    .addresses()
-                    .filter_map(parse_marker)
-                    .filter(|k| k % services == service && *k < self.written.len())
-                    .max()
-            });
-        self.markers.lock().expect("markers").insert(key, latest);
-        latest
+        let marked = self.spec.service_of_cluster(cluster).and_then(|service| {
+            let assignment = LiteLoadAssignment::decode(body.clone()).ok()?;
+            let latest = assignment
+                .addresses()
+                .filter_map(parse_marker)
+                .filter(|k| k % services == service && *k < self.written.len())
+                .max()?;
+            Some((service, latest))
+        });
+        shard.lock().expect("markers").insert(body_hash, marked);
+        marked
     }
 }
 
@@ -101,24 +111,28 @@ impl Observer for ChurnBook {
         kind == Kind::Endpoint
     }
 
-    fn changed(&self, proxy: usize, _kind: Kind, name: &str, body: &Bytes, acked_at: Instant) {
-        let Some(service) = self.spec.service_of_cluster(name) else {
-            return;
-        };
-        let Some(latest) = self.latest_marker(service, body) else {
+    fn changed(
+        &self,
+        proxy: usize,
+        _kind: Kind,
+        name: &str,
+        body: &Bytes,
+        body_hash: u64,
+        acked_at: Instant,
+    ) {
+        let Some((service, latest)) = self.marked(name, body, body_hash) else {
             return;
         };
         let services = self.spec.services;
         let mut credits = self.proxies[proxy].lock().expect("credits");
-        let next = credits.credited.entry(service).or_default();
-        let upto = latest / services + 1;
-        let first = *next;
+        let upto = (latest / services + 1) as u32;
+        let first = credits.credited[service];
         if upto <= first {
             return;
         }
-        *next = upto;
+        credits.credited[service] = upto;
         for j in first..upto {
-            let change = service + j * services;
+            let change = service + j as usize * services;
             let Some(written) = self.written[change].get() else {
                 continue;
             };
@@ -226,5 +240,79 @@ mod tests {
             assert_eq!(parse_marker(&marker_ip(k)), Some(k));
         }
         assert_eq!(parse_marker("10.128.0.1"), None);
+    }
+
+    fn assignment(cluster: &str, addresses: &[&str]) -> Bytes {
+        use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+        use envoy_types::pb::envoy::config::endpoint::v3::{
+            ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+        };
+        let lb_endpoints = addresses
+            .iter()
+            .map(|ip| LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: ip.to_string(),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .collect();
+        ClusterLoadAssignment {
+            cluster_name: cluster.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    #[test]
+    fn an_assignment_credits_every_change_of_its_service_up_to_its_marker_once() {
+        let spec = MeshSpec {
+            services: 3,
+            endpoints: 1,
+            virtual_services: 0,
+            destination_rules: 0,
+            namespaces: 1,
+        };
+        let book = ChurnBook::new(spec, 9, 2);
+        let start = Instant::now();
+        for written in &book.written {
+            written.set(start).unwrap();
+        }
+        let cluster = spec.default_cluster(1);
+        // Changes 1, 4 and 7 are service 1's; this body carries change 4's marker.
+        let body = assignment(&cluster, &["10.1.0.9", &marker_ip(4)]);
+        let hash = meshpilot_tests::lite_client::body_hash(&body);
+        let acked = start + Duration::from_millis(30);
+        book.changed(0, Kind::Endpoint, &cluster, &body, hash, acked);
+        assert_eq!(book.credited.load(Ordering::Relaxed), 2);
+        assert_eq!(book.reached[1].load(Ordering::Relaxed), 1);
+        assert_eq!(book.reached[4].load(Ordering::Relaxed), 1);
+        assert_eq!(book.reached[7].load(Ordering::Relaxed), 0);
+        assert_eq!(book.slowest_us[4].load(Ordering::Relaxed), 30_000);
+        // The same body again (this proxy or a resend) credits nothing more; another proxy
+        // credits its own.
+        book.changed(0, Kind::Endpoint, &cluster, &body, hash, acked);
+        assert_eq!(book.credited.load(Ordering::Relaxed), 2);
+        book.changed(1, Kind::Endpoint, &cluster, &body, hash, acked);
+        assert_eq!(book.credited.load(Ordering::Relaxed), 4);
+        // Subset clusters and bodies without markers credit nothing.
+        let subset = "outbound|8080|v1|svc-1.ns-0.svc.cluster.local";
+        let other = assignment(subset, &[&marker_ip(7)]);
+        let other_hash = meshpilot_tests::lite_client::body_hash(&other);
+        book.changed(0, Kind::Endpoint, subset, &other, other_hash, acked);
+        let plain = assignment(&cluster, &["10.1.0.9"]);
+        let plain_hash = meshpilot_tests::lite_client::body_hash(&plain);
+        book.changed(0, Kind::Endpoint, &cluster, &plain, plain_hash, acked);
+        assert_eq!(book.credited.load(Ordering::Relaxed), 4);
     }
 }

@@ -31,7 +31,15 @@ impl Observer for RouteWatch {
         matches!(kind, Kind::Route | Kind::VirtualHost)
     }
 
-    fn changed(&self, proxy: usize, kind: Kind, name: &str, _body: &Bytes, acked_at: Instant) {
+    fn changed(
+        &self,
+        proxy: usize,
+        kind: Kind,
+        name: &str,
+        _body: &Bytes,
+        _body_hash: u64,
+        acked_at: Instant,
+    ) {
         let Some(edited) = self.edited.get() else {
             return;
         };
