@@ -171,6 +171,8 @@ pub struct Connection {
     pod_key: ObjectKey,
     /// Labels from node metadata, used when the pod is not (yet) known.
     metadata_labels: Arc<BTreeMap<String, String>>,
+    /// The snapshot version the proxy's labels were last taken from.
+    labels_as_of: Option<u64>,
     flavor: Flavor,
     watches: ByTypeUrl<Watch>,
     nonce_counter: u64,
@@ -187,6 +189,7 @@ impl Connection {
             id,
             pod_key: ObjectKey::new(&proxy.namespace, &proxy.pod_name),
             metadata_labels: proxy.labels.clone(),
+            labels_as_of: None,
             proxy,
             flavor,
             watches: ByTypeUrl::new(),
@@ -231,9 +234,15 @@ impl Connection {
         std::mem::take(&mut self.nacks)
     }
 
-    /// Pod labels win over metadata labels, as istiod does. Copies only when they differ.
+    /// Pod labels win over metadata labels, as istiod does. Copies only when they differ;
+    /// looks only once per snapshot (every ACK would otherwise search the pods again).
     fn refresh_proxy(&mut self, ctx: &PushContext) {
-        let labels = match ctx.cache.snapshot().pod_by_key(&self.pod_key) {
+        let snapshot = ctx.cache.snapshot();
+        if self.labels_as_of == Some(snapshot.version) {
+            return;
+        }
+        self.labels_as_of = Some(snapshot.version);
+        let labels = match snapshot.pod_by_key(&self.pod_key) {
             Some(pod) => &pod.labels,
             None => &self.metadata_labels,
         };
@@ -412,14 +421,23 @@ impl Connection {
     /// from the snapshot it last saw ([`crate::Published::affected_since`]); the others are
     /// not looked at.
     pub fn on_push(&mut self, ctx: &PushContext, affected: TypeSet) -> Vec<Outgoing> {
-        self.refresh_proxy(ctx);
+        if affected == TypeSet::ALL || self.labels_as_of.is_none() {
+            self.refresh_proxy(ctx);
+        } else {
+            // Fewer than all types means no change since the last snapshot this connection
+            // saw touched its pod (`affected_since`): the labels it holds are current.
+            self.labels_as_of = Some(ctx.cache.snapshot().version);
+        }
         let mut out = Vec::new();
         for kind in ResourceType::PUSH_ORDER {
+            if !affected.contains(kind) {
+                continue;
+            }
             let url = kind.type_url();
             let Some(watch) = self.watches.get_mut(url) else {
                 continue;
             };
-            if !affected.contains(kind) || !watch.responded {
+            if !watch.responded {
                 continue;
             }
             if watch.pending {

@@ -35,13 +35,23 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// One Envoy resource, encoded once and shared by every proxy that is sent it.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Resource {
     pub name: Arc<str>,
     /// Content hash of the encoding: equal versions mean byte-identical resources.
     pub version: Arc<str>,
     /// The encoded `google.protobuf.Any`, copied as is into every response that carries it.
     pub any: Bytes,
+    /// Its whole delta `resources` entry (`Resource { version, resource, name }`), encoded
+    /// the first time a delta response picks it out of its set: an endpoint push sends the
+    /// same few changed assignments to every proxy.
+    delta_entry: OnceLock<Bytes>,
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.name, &self.version, &self.any) == (&other.name, &other.version, &other.any)
+    }
 }
 
 impl Resource {
@@ -57,7 +67,14 @@ impl Resource {
             name: name.into(),
             version: format!("{:016x}", hasher.finish()).into(),
             any: body.encode_to_vec().into(),
+            delta_entry: OnceLock::new(),
         })
+    }
+
+    /// Its delta `resources` entry, encoded once.
+    pub(crate) fn delta_entry(&self) -> &Bytes {
+        self.delta_entry
+            .get_or_init(|| crate::response::delta_entry(self))
     }
 
     /// The resource as a protobuf `Any` (tests and debugging; responses use the bytes).

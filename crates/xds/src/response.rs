@@ -190,11 +190,22 @@ pub(crate) fn sotw_entries(items: &[Arc<Resource>]) -> Bytes {
 pub(crate) fn delta_entries(items: &[Arc<Resource>]) -> Bytes {
     let mut buf = BytesMut::with_capacity(items.iter().map(|r| delta_entry_len(r)).sum());
     for r in items {
-        write_delta_entry_prefix(r, &mut buf);
-        buf.put_slice(&r.any);
-        write_delta_entry_suffix(r, &mut buf);
+        write_delta_entry(r, &mut buf);
     }
     buf.freeze()
+}
+
+/// One resource's delta entry (a [`Resource`] caches it).
+pub(crate) fn delta_entry(r: &Resource) -> Bytes {
+    let mut buf = BytesMut::with_capacity(delta_entry_len(r));
+    write_delta_entry(r, &mut buf);
+    buf.freeze()
+}
+
+fn write_delta_entry(r: &Resource, buf: &mut impl BufMut) {
+    write_delta_entry_prefix(r, buf);
+    buf.put_slice(&r.any);
+    write_delta_entry_suffix(r, buf);
 }
 
 /// The body of one delta `Resource { version, resource, name }`.
@@ -232,6 +243,10 @@ trait Pieces {
     /// Every resource entry already encoded back to back, when the response carries a whole
     /// shared set.
     fn shared_entries(&self) -> Option<&Bytes>;
+    /// Resource entry `i` already encoded, when it is small enough to copy whole.
+    fn encoded_entry(&self, _i: usize) -> Option<&Bytes> {
+        None
+    }
 
     fn write_resource(&self, i: usize, buf: &mut impl BufMut) {
         self.write_resource_prefix(i, buf);
@@ -344,6 +359,11 @@ impl Pieces for DeltaResponse {
             Batch::Whole(set) => set.delta_entries(),
             Batch::Some(_) => None,
         }
+    }
+
+    fn encoded_entry(&self, i: usize) -> Option<&Bytes> {
+        let r = &self.resources[i];
+        (r.any.len() < GrpcChunks::SHARE_FROM).then(|| r.delta_entry())
     }
 
     fn tail_len(&self) -> usize {
@@ -513,10 +533,19 @@ impl GrpcChunks {
                         cursor,
                     ));
                 }
-                Cursor::Entry(i) if i < piece.resource_count() => {
-                    piece.write_resource_prefix(i, buf);
-                    Cursor::Body(i, 0)
-                }
+                Cursor::Entry(i) if i < piece.resource_count() => match piece.encoded_entry(i) {
+                    Some(entry) => {
+                        if !buf.is_empty() && buf.len() + entry.len() > Self::TARGET {
+                            return None; // the entry starts the next chunk
+                        }
+                        buf.put_slice(entry);
+                        Cursor::Entry(i + 1)
+                    }
+                    None => {
+                        piece.write_resource_prefix(i, buf);
+                        Cursor::Body(i, 0)
+                    }
+                },
                 Cursor::Entry(_) => {
                     buf.reserve(piece.tail_len());
                     piece.write_tail(buf);
@@ -839,6 +868,36 @@ mod tests {
             message.len()
         );
         assert_eq!(&framed[5..], message.as_slice());
+    }
+
+    #[test]
+    fn a_delta_selection_copies_each_entry_encoded_once_per_resource() {
+        // An endpoint push: some resources of a set, to many proxies.
+        let resources = many_clusters(2000);
+        let delta = |nonce: &str| DeltaResponse {
+            system_version_info: "v/9".into(),
+            resources: resources[1..].to_vec().into(),
+            type_url: "t".into(),
+            removed_resources: vec!["gone".into()],
+            nonce: nonce.into(),
+            control_plane: "meshpilot".into(),
+        };
+        let first = delta("a");
+        let message = first.encode_to_vec();
+        let chunks: Vec<Bytes> = GrpcChunks::new(Outgoing::Delta(first)).collect();
+        assert!(chunks.len() > 2, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|c| c.len() <= GrpcChunks::TARGET));
+        assert_eq!(&chunks.concat()[5..], message.as_slice());
+        let entry = resources[1].delta_entry().as_ptr();
+        let again = delta("b");
+        let message = again.encode_to_vec();
+        let chunks: Vec<Bytes> = GrpcChunks::new(Outgoing::Delta(again)).collect();
+        assert_eq!(&chunks.concat()[5..], message.as_slice());
+        assert_eq!(resources[1].delta_entry().as_ptr(), entry, "encoded once");
+        let decoded =
+            DeltaEntry::decode_length_delimited(&resources[1].delta_entry()[1..]).unwrap();
+        assert_eq!(decoded.name, *resources[1].name);
+        assert_eq!(decoded.version, *resources[1].version);
     }
 
     #[test]

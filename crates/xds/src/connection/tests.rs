@@ -286,6 +286,47 @@ fn endpoint_change_is_an_eds_only_push_of_changed_clusters() {
 }
 
 #[test]
+fn the_proxy_takes_its_pods_labels_when_a_push_says_the_pod_changed() {
+    let mut mesh = Mesh::new();
+    let (mut c, _) = synced_sotw(&mesh);
+    let pod_labels = |mesh: &Mesh| {
+        let key = ObjectKey::new("default", PRODUCTPAGE_POD);
+        mesh.ctx()
+            .cache
+            .snapshot()
+            .pod_by_key(&key)
+            .unwrap()
+            .labels
+            .clone()
+    };
+    assert!(Arc::ptr_eq(&c.proxy().labels, &pod_labels(&mesh)));
+    // An endpoint-only change leaves the pod alone: the labels held stay the pod's own map.
+    let affected = mesh.change(vec![Object::EndpointSlice(Arc::new(mk_slice(
+        "default",
+        "reviews",
+        &[("http", 9080)],
+        &[("reviews-v1", "10.244.1.11")],
+    )))]);
+    assert_ne!(affected, TypeSet::ALL);
+    c.on_push(&mesh.ctx(), affected);
+    assert!(Arc::ptr_eq(&c.proxy().labels, &pod_labels(&mesh)));
+    // Relabelling the pod touches it: every type, and the new labels.
+    let affected = mesh.change(vec![Object::Pod(Arc::new(mk_pod(
+        "default",
+        PRODUCTPAGE_POD,
+        "10.244.1.20",
+        &[("app", "productpage"), ("track", "canary")],
+    )))]);
+    assert_eq!(affected, TypeSet::ALL);
+    c.on_push(&mesh.ctx(), affected);
+    assert_eq!(
+        c.proxy().labels.get("track").map(String::as_str),
+        Some("canary")
+    );
+    assert!(Arc::ptr_eq(&c.proxy().labels, &pod_labels(&mesh)));
+}
+
+#[test]
 fn subscription_changes_answer_only_added_names() {
     let mesh = Mesh::new();
     let (mut c, nonces) = synced_sotw(&mesh);
