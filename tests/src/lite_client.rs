@@ -669,21 +669,50 @@ fn decode_all(kind: Kind, raw: &[Bytes], wire: Wire) -> (u64, Result<Vec<Decoded
     (bytes, Ok(decoded))
 }
 
-fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<Decoded, String> {
-    if any.type_url != kind.type_url().as_bytes() {
-        return Err(format!(
-            "resource of type {} in a {} response",
-            String::from_utf8_lossy(&any.type_url),
-            kind.type_url()
-        ));
+/// What a resource body says, as far as the client needs.
+#[derive(Debug)]
+struct Facts {
+    key: u64,
+    /// A copy: a slice would keep the whole received chunk it came in alive.
+    name: Bytes,
+    eds: Option<u64>,
+    routes: Vec<u64>,
+    vhds: bool,
+}
+
+const FACT_SHARDS: usize = 64;
+/// Bodies remembered per shard before it starts over (bounds the memo in long runs).
+const FACTS_PER_SHARD: usize = 1 << 15;
+
+type FactMemo = Vec<Mutex<KeyMap<Result<Arc<Facts>, String>>>>;
+
+/// Thousands of simulated sidecars are sent the same bodies, and decoding them is the same
+/// work each time: each distinct body (by type and [`body_hash`]) is decoded once per process.
+fn facts_of(kind: Kind, body: &Bytes, hash: u64) -> Result<Arc<Facts>, String> {
+    static MEMO: OnceLock<FactMemo> = OnceLock::new();
+    let memo = MEMO.get_or_init(|| (0..FACT_SHARDS).map(|_| Mutex::default()).collect());
+    let key = hash ^ (kind.index() as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let shard = &memo[key as usize % FACT_SHARDS];
+    if let Some(known) = shard.lock().expect("facts").get(&key) {
+        return known.clone();
     }
+    let facts = decode_facts(kind, body).map(Arc::new);
+    let mut shard = shard.lock().expect("facts");
+    if shard.len() >= FACTS_PER_SHARD {
+        shard.clear();
+    }
+    shard.insert(key, facts.clone());
+    facts
+}
+
+fn decode_facts(kind: Kind, body: &Bytes) -> Result<Facts, String> {
     let broken = |e: prost::DecodeError| format!("decoding {}: {e}", kind.type_url());
     let mut eds = None;
     let mut routes = Vec::new();
     let mut vhds = false;
-    let decoded_name = match kind {
+    let name = match kind {
         Kind::Cluster => {
-            let c = LiteCluster::decode(any.value.clone()).map_err(broken)?;
+            let c = LiteCluster::decode(body.clone()).map_err(broken)?;
             if c.discovery_type == Some(3) {
                 let service = c
                     .eds_cluster_config
@@ -697,7 +726,7 @@ fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<De
             c.name
         }
         Kind::Listener => {
-            let l = LiteListener::decode(any.value.clone()).map_err(broken)?;
+            let l = LiteListener::decode(body.clone()).map_err(broken)?;
             for chain in l.filter_chains.iter().chain(&l.default_filter_chain) {
                 for config in chain.filters.iter().filter_map(|f| f.typed_config.as_ref()) {
                     if !config.type_url.ends_with(b".HttpConnectionManager") {
@@ -717,36 +746,53 @@ fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<De
             l.name
         }
         Kind::Route => {
-            let r = LiteRouteConfiguration::decode(any.value.clone()).map_err(broken)?;
+            let r = LiteRouteConfiguration::decode(body.clone()).map_err(broken)?;
             vhds = r.vhds.is_some();
             r.name
         }
-        Kind::Endpoint | Kind::VirtualHost => {
-            LiteNamed::decode(any.value.clone()).map_err(broken)?.name
-        }
+        Kind::Endpoint | Kind::VirtualHost => LiteNamed::decode(body.clone()).map_err(broken)?.name,
     };
-    if std::str::from_utf8(&decoded_name).is_err() {
+    if std::str::from_utf8(&name).is_err() {
         return Err("a resource name is not UTF-8".into());
     }
+    Ok(Facts {
+        key: name_key(&name),
+        name: Bytes::copy_from_slice(&name),
+        eds,
+        routes,
+        vhds,
+    })
+}
+
+fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<Decoded, String> {
+    if any.type_url != kind.type_url().as_bytes() {
+        return Err(format!(
+            "resource of type {} in a {} response",
+            String::from_utf8_lossy(&any.type_url),
+            kind.type_url()
+        ));
+    }
+    let hash = body_hash(&any.value);
+    let facts = facts_of(kind, &any.value, hash)?;
     if let Some(given) = name
-        && *given != decoded_name
+        && *given != facts.name
     {
         // Delta names each resource; the body must agree.
         return Err(format!(
             "resource {:?} carries a body named {:?}",
             String::from_utf8_lossy(given),
-            String::from_utf8_lossy(&decoded_name)
+            String::from_utf8_lossy(&facts.name)
         ));
     }
     Ok(Decoded {
-        key: name_key(&decoded_name),
-        name: decoded_name,
-        hash: body_hash(&any.value),
+        key: facts.key,
+        name: facts.name.clone(),
+        hash,
         body: any.value.clone(),
         version: None,
-        eds,
-        routes,
-        vhds,
+        eds: facts.eds,
+        routes: facts.routes.clone(),
+        vhds: facts.vhds,
     })
 }
 
