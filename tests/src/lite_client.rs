@@ -1543,6 +1543,34 @@ mod tests {
     }
 
     #[test]
+    fn a_body_is_decoded_once_and_its_name_does_not_hold_the_received_bytes() {
+        let any = mk_named(Kind::Endpoint, "decoded-once");
+        let first = decode(Kind::Endpoint, &any);
+        let body = any.value.as_ptr_range();
+        assert!(!body.contains(&first.name.as_ptr()), "the name is a copy");
+        // The same bytes received again, elsewhere: the remembered facts, same name copy.
+        let again = LiteAny {
+            type_url: any.type_url.clone(),
+            value: Bytes::copy_from_slice(&any.value),
+        };
+        let second = decode(Kind::Endpoint, &again);
+        assert_eq!(second.name.as_ptr(), first.name.as_ptr());
+        assert_eq!(
+            second.body.as_ptr(),
+            again.value.as_ptr(),
+            "the body is the one received"
+        );
+        // The same bytes as another type are that type's own entry.
+        let as_host = LiteAny {
+            type_url: Kind::VirtualHost.type_url().into(),
+            value: any.value.clone(),
+        };
+        let host = decode(Kind::VirtualHost, &as_host);
+        assert_eq!(host.name, first.name);
+        assert_ne!(host.name.as_ptr(), first.name.as_ptr());
+    }
+
+    #[test]
     fn a_delta_resource_held_for_the_first_time_is_registered() {
         let mut state = SidecarState::new();
         // SotW never names held resources back: nothing to register.

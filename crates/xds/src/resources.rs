@@ -77,6 +77,12 @@ impl Resource {
             .get_or_init(|| crate::response::delta_entry(self))
     }
 
+    /// The delta entry if a response has encoded it already.
+    #[cfg(test)]
+    pub(crate) fn encoded_delta_entry(&self) -> Option<&Bytes> {
+        self.delta_entry.get()
+    }
+
     /// The resource as a protobuf `Any` (tests and debugging; responses use the bytes).
     pub fn to_any(&self) -> Any {
         Any::decode(self.any.clone()).expect("a resource holds an encoded Any")

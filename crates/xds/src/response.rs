@@ -882,13 +882,24 @@ mod tests {
             nonce: nonce.into(),
             control_plane: "meshpilot".into(),
         };
+        assert!(resources[1].encoded_delta_entry().is_none());
         let first = delta("a");
         let message = first.encode_to_vec();
         let chunks: Vec<Bytes> = GrpcChunks::new(Outgoing::Delta(first)).collect();
         assert!(chunks.len() > 2, "{} chunks", chunks.len());
         assert!(chunks.iter().all(|c| c.len() <= GrpcChunks::TARGET));
         assert_eq!(&chunks.concat()[5..], message.as_slice());
-        let entry = resources[1].delta_entry().as_ptr();
+        // Sending it encoded every entry of the selection once, and kept them.
+        let entry = resources[1]
+            .encoded_delta_entry()
+            .expect("encoded")
+            .as_ptr();
+        assert!(
+            resources[1..]
+                .iter()
+                .all(|r| r.encoded_delta_entry().is_some())
+        );
+        assert!(resources[0].encoded_delta_entry().is_none(), "not sent");
         let again = delta("b");
         let message = again.encode_to_vec();
         let chunks: Vec<Bytes> = GrpcChunks::new(Outgoing::Delta(again)).collect();
