@@ -299,12 +299,18 @@ fn list_diff(old: Option<&NameList>, new: &NameList) -> (Vec<Bytes>, Vec<Bytes>)
     (added, removed)
 }
 
+/// One resource a sidecar holds.
+#[derive(Debug)]
+pub struct Held {
+    pub hash: u64,
+    /// Delta: the version the server gave it.
+    version: Option<HeldVersion>,
+}
+
 #[derive(Debug, Default)]
 pub struct TypeState {
-    /// Name key → body hash of every resource held.
-    pub held: KeyMap<u64>,
-    /// Delta: name key → the version the server gave it.
-    versions: KeyMap<HeldVersion>,
+    /// Name key → every resource held (one map: an update touches each resource once).
+    pub held: KeyMap<Held>,
     pub responses: u64,
     pub bytes: u64,
     pub nacks: u64,
@@ -373,7 +379,7 @@ impl SidecarState {
             .into_iter()
             .flat_map(|k| {
                 let salt = (k.index() as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                self.of(k).held.iter().map(move |(n, h)| (n ^ salt, *h))
+                self.of(k).held.iter().map(move |(n, h)| (n ^ salt, h.hash))
             })
             .collect();
         all.sort_unstable();
@@ -851,9 +857,15 @@ fn apply(
             }
         }
         let t = &mut state.types[kind.index()];
-        let previous = t.held.insert(d.key, d.hash);
-        let previous = previous.or_else(|| old.as_ref().and_then(|o| o.get(&d.key).copied()));
-        if previous.is_none() && d.version.is_some() {
+        let delta = d.version.is_some();
+        let held = Held {
+            hash: d.hash,
+            version: d.version,
+        };
+        let previous = t.held.insert(d.key, held).map(|h| h.hash);
+        let previous =
+            previous.or_else(|| old.as_ref().and_then(|o| o.get(&d.key).map(|h| h.hash)));
+        if previous.is_none() && delta {
             // Delta only: a reconnect names every held resource. Held before means
             // registered before (the registry only grows).
             register(d.key, &d.name);
@@ -861,15 +873,11 @@ fn apply(
         if observe && previous != Some(d.hash) {
             followups.changed.push((d.name, d.body, d.hash));
         }
-        if let Some(version) = d.version {
-            t.versions.insert(d.key, version);
-        }
     }
     for name in removed {
         let key = name_key(name);
         let t = &mut state.types[kind.index()];
         t.held.remove(&key);
-        t.versions.remove(&key);
         state.eds_of_cluster.remove(&key);
         state.routes_of_listener.remove(&key);
         if kind == Kind::Route {
@@ -1123,6 +1131,32 @@ fn encode_held_version(name: &[u8], version: &[u8], buf: &mut BytesMut) {
     }
 }
 
+/// A reconnecting delta request's subscriptions and held versions, as wire fields: a
+/// sidecar of a large mesh names thousands, and building them as Strings in a HashMap was
+/// most of the load generator's CPU in the restart benchmark.
+fn reconnect_fields(s: &SidecarState, kind: Kind) -> Bytes {
+    let names = s.request_names(kind);
+    let held = &s.of(kind).held;
+    // Room for each version entry: a subscribed name's entry plus the version, or for
+    // wildcard types (no names sent) a generous guess; the buffer grows at most once.
+    let per_version = if names.is_empty() {
+        128
+    } else {
+        names.len() / held.len().max(1) + 24
+    };
+    let mut fields = BytesMut::with_capacity(names.len() + held.len() * per_version);
+    fields.put_slice(&names);
+    let versions = held
+        .iter()
+        .filter_map(|(key, h)| Some((key, h.version.as_ref()?)));
+    for (key, version) in versions {
+        with_registered(*key, |name| {
+            version.with_bytes(|version| encode_held_version(name, version, &mut fields))
+        });
+    }
+    fields.freeze()
+}
+
 async fn run_delta(
     config: &SidecarConfig,
     state: &Arc<Mutex<SidecarState>>,
@@ -1147,28 +1181,10 @@ async fn run_delta(
             }
             let mut r = subscribe(kind, &[], &[]);
             r.node = node.take();
-            // Subscriptions and held versions go out as wire fields: a reconnecting sidecar
-            // of a large mesh names thousands, and building them as Strings in a HashMap
-            // was most of the load generator's CPU in the restart benchmark.
-            let names = s.request_names(kind);
-            let versions = &s.of(kind).versions;
-            // Room for each version entry: a subscribed name's entry plus the version, or for
-            // wildcard types (no names sent) a generous guess; the buffer grows at most once.
-            let per_version = if names.is_empty() {
-                128
-            } else {
-                names.len() / versions.len().max(1) + 24
-            };
-            let mut fields = BytesMut::with_capacity(names.len() + versions.len() * per_version);
-            fields.put_slice(&names);
-            for (key, version) in versions.iter() {
-                with_registered(*key, |name| {
-                    version.with_bytes(|version| encode_held_version(name, version, &mut fields))
-                });
-            }
+            let fields = reconnect_fields(&s, kind);
             tx.send(DeltaOut {
                 request: r,
-                encoded_fields: fields.freeze(),
+                encoded_fields: fields,
             })?;
         }
     }
@@ -1627,6 +1643,33 @@ mod tests {
                 ("outbound|80||b.svc".to_string(), String::new()),
             ])
         );
+    }
+
+    #[test]
+    fn a_reconnect_names_every_delta_resource_held_with_its_version() {
+        let mut state = SidecarState::new();
+        let held = |name: &str, version: u64| {
+            let mut d = decode(Kind::Cluster, &mk_eds_cluster(name, name));
+            d.version = Some(HeldVersion::Hex(version));
+            d
+        };
+        let clusters = vec![held("reconnect-a", 0xa), held("reconnect-b", 0xb)];
+        apply(&mut state, Kind::Cluster, clusters, &[], false, false);
+        let removed = [Bytes::from_static(b"reconnect-b")];
+        apply(&mut state, Kind::Cluster, vec![], &removed, false, false);
+        let mut frame = BytesMut::new();
+        DeltaDiscoveryRequest::default().encode(&mut frame).unwrap();
+        frame.put_slice(&reconnect_fields(&state, Kind::Cluster));
+        let request = DeltaDiscoveryRequest::decode(frame.freeze()).unwrap();
+        assert_eq!(
+            request.initial_resource_versions,
+            HashMap::from([("reconnect-a".to_string(), format!("{:016x}", 0xa))])
+        );
+        // The clusters' EDS names are subscriptions, not held endpoints.
+        let eds = reconnect_fields(&state, Kind::Endpoint);
+        let request = DeltaDiscoveryRequest::decode(eds).unwrap();
+        assert_eq!(request.resource_names_subscribe, ["reconnect-a"]);
+        assert!(request.initial_resource_versions.is_empty());
     }
 
     #[test]
