@@ -580,18 +580,25 @@ enum HeldVersion {
 
 impl HeldVersion {
     fn parse(bytes: &[u8]) -> HeldVersion {
+        /// Lowercase hex digit values; 0xff for every other byte.
+        const DIGITS: [u8; 256] = {
+            let mut table = [0xff; 256];
+            let mut i = 0;
+            while i < 16 {
+                table[b"0123456789abcdef"[i] as usize] = i as u8;
+                i += 1;
+            }
+            table
+        };
         if bytes.len() == 16 {
             let mut value = 0u64;
-            let lower_hex = bytes.iter().all(|b| {
-                let digit = match b {
-                    b'0'..=b'9' => b - b'0',
-                    b'a'..=b'f' => b - b'a' + 10,
-                    _ => return false,
-                };
-                value = value << 4 | u64::from(digit);
-                true
-            });
-            if lower_hex {
+            let mut invalid = 0u8;
+            for &b in bytes {
+                let digit = DIGITS[b as usize];
+                invalid |= digit & 0xf0;
+                value = value << 4 | u64::from(digit & 0x0f);
+            }
+            if invalid == 0 {
                 return HeldVersion::Hex(value);
             }
         }
@@ -1086,13 +1093,6 @@ async fn run_sotw(
     Ok(())
 }
 
-fn strings(names: &[Bytes]) -> Vec<String> {
-    names
-        .iter()
-        .map(|n| String::from_utf8_lossy(n).into_owned())
-        .collect()
-}
-
 /// A delta request with fields already in wire form appended to its encoding.
 struct DeltaOut {
     request: DeltaDiscoveryRequest,
@@ -1131,6 +1131,24 @@ fn encode_held_version(name: &[u8], version: &[u8], buf: &mut BytesMut) {
     }
 }
 
+/// A delta request subscribing to `add` and unsubscribing from `remove`, the names written
+/// as wire fields (a first EDS subscription names every cluster: a String each was a
+/// visible share of a delta cold connect).
+fn subscription_change(kind: Kind, add: &[Bytes], remove: &[Bytes]) -> DeltaOut {
+    const SUBSCRIBE: u32 = 3;
+    const UNSUBSCRIBE: u32 = 4;
+    let mut fields = Vec::new();
+    prost::encoding::bytes::encode_repeated(SUBSCRIBE, add, &mut fields);
+    prost::encoding::bytes::encode_repeated(UNSUBSCRIBE, remove, &mut fields);
+    DeltaOut {
+        request: DeltaDiscoveryRequest {
+            type_url: kind.type_url().into(),
+            ..Default::default()
+        },
+        encoded_fields: fields.into(),
+    }
+}
+
 /// A reconnecting delta request's subscriptions and held versions, as wire fields: a
 /// sidecar of a large mesh names thousands, and building them as Strings in a HashMap was
 /// most of the load generator's CPU in the restart benchmark.
@@ -1164,12 +1182,6 @@ async fn run_delta(
 ) -> Result<()> {
     let mut channel = grpc::connect(&config.addr, STREAM_WINDOW, CONNECTION_WINDOW).await?;
     let (tx, rx) = mpsc::unbounded_channel::<DeltaOut>();
-    let subscribe = |kind: Kind, add: &[Bytes], remove: &[Bytes]| DeltaDiscoveryRequest {
-        type_url: kind.type_url().into(),
-        resource_names_subscribe: strings(add),
-        resource_names_unsubscribe: strings(remove),
-        ..Default::default()
-    };
     {
         // A new stream names what the client holds, so the server can skip it.
         let mut s = state.lock().expect("sidecar state");
@@ -1179,8 +1191,11 @@ async fn run_delta(
             if !(kind.wildcard() || s.subscribed(kind)) {
                 continue;
             }
-            let mut r = subscribe(kind, &[], &[]);
-            r.node = node.take();
+            let r = DeltaDiscoveryRequest {
+                type_url: kind.type_url().into(),
+                node: node.take(),
+                ..Default::default()
+            };
             let fields = reconnect_fields(&s, kind);
             tx.send(DeltaOut {
                 request: r,
@@ -1213,7 +1228,7 @@ async fn run_delta(
                 if let Some((add, remove)) = diff
                     && !(add.is_empty() && remove.is_empty())
                 {
-                    tx.send(subscribe(target, &add, &remove).into())?;
+                    tx.send(subscription_change(target, &add, &remove))?;
                 }
             }
             open_vhds_streams(config, state, &mut s, &channel, &mut vhds_streams);
@@ -1669,6 +1684,25 @@ mod tests {
         let eds = reconnect_fields(&state, Kind::Endpoint);
         let request = DeltaDiscoveryRequest::decode(eds).unwrap();
         assert_eq!(request.resource_names_subscribe, ["reconnect-a"]);
+        assert!(request.initial_resource_versions.is_empty());
+    }
+
+    #[test]
+    fn a_subscription_change_decodes_as_envoys_request() {
+        use grpc::Outbound;
+        let add = [
+            Bytes::from_static(b"outbound|80||a.svc"),
+            Bytes::from_static(b"b"),
+        ];
+        let remove = [Bytes::from_static(b"gone")];
+        let frame = subscription_change(Kind::Endpoint, &add, &remove).frame();
+        let request = DeltaDiscoveryRequest::decode(&frame[5..]).unwrap();
+        assert_eq!(request.type_url, Kind::Endpoint.type_url());
+        assert_eq!(
+            request.resource_names_subscribe,
+            ["outbound|80||a.svc", "b"]
+        );
+        assert_eq!(request.resource_names_unsubscribe, ["gone"]);
         assert!(request.initial_resource_versions.is_empty());
     }
 
