@@ -292,6 +292,23 @@ impl Discovery {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (at most `limit`) until the log holds every one of `needles`; returns whether it
+    /// did. Watch events of different kinds may land in different pushes, so a line about one
+    /// object can follow the push that carried another.
+    async fn wait_for_log(&self, needles: &[&str], limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let logs = self.logs();
+            if needles.iter().all(|n| logs.contains(n)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn ready(&self) -> bool {
         http_get(&self.monitoring, "/ready").is_ok_and(|(status, _)| status == 200)
     }
@@ -458,10 +475,13 @@ async fn discovery_serves_what_the_api_server_holds() -> Result<()> {
             s.clusters.contains_key(&details)
         })
         .await?;
-    let logs = discovery.logs();
+    let reported = discovery
+        .wait_for_log(&["broken", "weights of all destinations are zero"], WAIT)
+        .await;
     ensure!(
-        logs.contains("broken") && logs.contains("weights of all destinations are zero"),
-        "the invalid VirtualService was not reported:\n{logs}"
+        reported,
+        "the invalid VirtualService was not reported within {WAIT:?}:\n{}",
+        discovery.logs()
     );
 
     // The API server restarts mid-run: watches resume, nothing is lost or duplicated, and
