@@ -34,6 +34,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const SCENARIOS: [&str; 5] = ["cold", "churn", "vs-edit", "restart", "stalled"];
 const COLD_PROXIES: [usize; 4] = [1000, 2000, 5000, 10000];
+/// Delta fleets the churn scenario also runs, besides its 5,000.
+const CHURN_SCALE_PROXIES: [usize; 2] = [1000, 2500];
 
 /// The server's resource use, read from /proc/<pid>.
 #[derive(Clone, Copy, Debug, Default)]
@@ -688,6 +690,20 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
                     let result = churn(&bench, key, n(5000), 100, 0, flavor);
                     record(&mut report, &mut errors, key, result);
                 }
+                // The same churn to smaller fleets: how many sidecars these two shared cores
+                // keep within the target.
+                if options.proxies.is_none() {
+                    let mut runs = Vec::new();
+                    for count in CHURN_SCALE_PROXIES {
+                        let key = format!("churn_delta_{count}");
+                        eprintln!("xtask: bench: churn, {count} sidecars (delta)");
+                        match churn(&bench, &key, count, 100, 0, "delta") {
+                            Ok(r) => runs.push(r),
+                            Err(e) => record(&mut report, &mut errors, &key, Err(e)),
+                        }
+                    }
+                    report.insert("churn_delta_scale".into(), json!(runs));
+                }
             }
             "vs-edit" => {
                 for (key, vhds) in [("vs_edit", false), ("vs_edit_vhds", true)] {
@@ -835,6 +851,9 @@ fn table(report: &Value) -> String {
     if report["churn_delta"].is_object() {
         out.push(churn_line("churn delta →EDS ack", &report["churn_delta"]));
     }
+    for r in report["churn_delta_scale"].as_array().into_iter().flatten() {
+        out.push(churn_line("churn delta →EDS ack", r));
+    }
     for (key, label) in [
         ("vs_edit", "vs-edit (write→RDS ack)"),
         ("vs_edit_vhds", "vs-edit VHDS →ack"),
@@ -912,5 +931,35 @@ mod tests {
         assert_eq!(o.server_args, ["--x=1"]);
         assert!(parse_options(&strings(&["--scenario", "nope"])).is_err());
         assert_eq!(parse_options(&[]).unwrap().scenarios.len(), 5);
+    }
+
+    #[test]
+    fn table_lists_every_churn_fleet_size() {
+        let run = |n: u32, p99: f64| {
+            json!({"connect": {"proxies": n, "complete": n},
+                   "write_to_eds_ack_ms": {"p50": 1.0, "p99": p99, "max": 2.0 * p99}})
+        };
+        let report = json!({
+            "churn_delta": run(5000, 1777.0),
+            "churn_delta_scale": [run(1000, 190.0), run(2500, 381.0)],
+        });
+        let rows: Vec<String> = table(&report)
+            .lines()
+            .filter(|l| l.starts_with("churn delta"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            ["5000 5000/5000", "1000 1000/1000", "2500 2500/2500"],
+            "{}",
+            table(&report)
+        );
+        assert!(table(&report).contains("1/190/380"));
     }
 }
