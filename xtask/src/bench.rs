@@ -690,8 +690,8 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
                     let result = churn(&bench, key, n(5000), 100, 0, flavor);
                     record(&mut report, &mut errors, key, result);
                 }
-                // The same churn to smaller fleets: how many sidecars these two shared cores
-                // keep within the target.
+                // The same churn to smaller fleets: how large a fleet this machine, shared
+                // with the load generator, keeps within the target.
                 if options.proxies.is_none() {
                     let mut runs = Vec::new();
                     for count in CHURN_SCALE_PROXIES {
