@@ -5,7 +5,7 @@
 use crate::connection::{Connection, Flavor, Held, Watch};
 use crate::publish::Published;
 use crate::resources::NameSet;
-use crate::types::{ByTypeUrl, ResourceType, TypeSet};
+use crate::types::{ByTypeUrl, ResourceType, TypeSet, type_url_key};
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::core::v3::Locality;
 use meshpilot_model::Proxy;
@@ -137,7 +137,7 @@ impl ConnectionStatus {
                 Some(status) => status.refresh(watch, sent_at),
                 None => {
                     self.watches
-                        .insert(url.to_owned(), WatchStatus::of(watch, sent_at));
+                        .insert(type_url_key(url), WatchStatus::of(watch, sent_at));
                 }
             }
         };
@@ -296,7 +296,7 @@ fn syncz_entry(c: &ConnectionStatus) -> Value {
             if let Some(error) = &w.last_error {
                 r.insert("lastError".into(), error.clone().into());
             }
-            (url.clone(), Value::Object(r))
+            (url.to_string(), Value::Object(r))
         })
         .collect();
     entry.insert("resources".into(), Value::Object(resources));
@@ -307,7 +307,7 @@ fn adsz_entry(c: &ConnectionStatus) -> Value {
     let watches: Map<String, Value> = c
         .watches
         .iter()
-        .map(|(url, w)| (url.clone(), json!(w.names())))
+        .map(|(url, w)| (url.to_string(), json!(w.names())))
         .collect();
     json!({
         "connectionId": c.info.id,
@@ -380,7 +380,7 @@ mod tests {
         let cluster = "outbound|9080||reviews.default.svc.cluster.local";
         let watches = ByTypeUrl::from_iter([
             (
-                type_urls::CLUSTER.to_string(),
+                type_urls::CLUSTER.into(),
                 WatchStatus {
                     wildcard: true,
                     held: Held::Set(Arc::new(ResourceSet::new(vec![Resource::encode(
@@ -394,7 +394,7 @@ mod tests {
                 },
             ),
             (
-                type_urls::ENDPOINT.to_string(),
+                type_urls::ENDPOINT.into(),
                 WatchStatus {
                     subscribed: Arc::new(NameSet::new([cluster])),
                     sent_nonce: "v/1-3".into(),

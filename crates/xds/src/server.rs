@@ -8,7 +8,7 @@ use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
 use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus, StreamKind};
 use crate::request::SotwRequest;
-use crate::types::{ByTypeUrl, ResourceType, TypeSet};
+use crate::types::{ByTypeUrl, ResourceType, TypeSet, type_url_key};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meshpilot_model::{Proxy, ProxyMetadata};
 use meshpilot_translate::vhds::ROUTE_CONFIG_HEADER;
@@ -421,7 +421,7 @@ async fn serve_stream(
         }
         for response in outgoing {
             touched = touch(touched, response.type_url());
-            let type_url = response.type_url().to_string();
+            let type_url = type_url_key(response.type_url());
             let bytes = response.resource_bytes();
             if sink.send(Ok(Box::new(response))).await.is_err() {
                 inner.metrics.count_send_error(&type_url);
