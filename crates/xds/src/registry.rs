@@ -14,7 +14,7 @@ use meshpilot_translate::type_urls;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 /// Which service a stream belongs to.
@@ -181,13 +181,29 @@ impl std::fmt::Debug for ConnectionStatus {
 /// Every connection this server holds, by connection id.
 #[derive(Debug, Default)]
 pub struct ConnectionRegistry {
-    connections: DashMap<String, ConnectionStatus>,
+    connections: DashMap<String, SharedStatus>,
 }
 
-/// Removes its connection from the registry when dropped, however the stream ends.
+type SharedStatus = Arc<Mutex<ConnectionStatus>>;
+
+fn lock(status: &SharedStatus) -> MutexGuard<'_, ConnectionStatus> {
+    // A panic while refreshing leaves a status that is at worst stale: still worth showing.
+    status.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A connection's entry, held by its stream: updated without a lookup by id, and removed
+/// from the registry when dropped, however the stream ends.
 pub struct Registration {
     registry: Arc<ConnectionRegistry>,
     id: String,
+    status: SharedStatus,
+}
+
+impl Registration {
+    /// Changes this connection's entry (after every request and push).
+    pub fn update(&self, change: impl FnOnce(&mut ConnectionStatus)) {
+        change(&mut lock(&self.status));
+    }
 }
 
 impl Drop for Registration {
@@ -199,16 +215,12 @@ impl Drop for Registration {
 impl ConnectionRegistry {
     pub fn register(self: &Arc<Self>, status: ConnectionStatus) -> Registration {
         let id = status.info.id.clone();
-        self.connections.insert(id.clone(), status);
+        let status = Arc::new(Mutex::new(status));
+        self.connections.insert(id.clone(), status.clone());
         Registration {
             registry: self.clone(),
             id,
-        }
-    }
-
-    pub fn update(&self, id: &str, change: impl FnOnce(&mut ConnectionStatus)) {
-        if let Some(mut status) = self.connections.get_mut(id) {
-            change(&mut status);
+            status,
         }
     }
 
@@ -222,8 +234,11 @@ impl ConnectionRegistry {
 
     /// Every connection, ordered by connect time then id.
     pub fn connections(&self) -> Vec<ConnectionStatus> {
-        let mut all: Vec<ConnectionStatus> =
-            self.connections.iter().map(|e| e.value().clone()).collect();
+        let mut all: Vec<ConnectionStatus> = self
+            .connections
+            .iter()
+            .map(|e| lock(e.value()).clone())
+            .collect();
         all.sort_by(|a, b| {
             (a.info.connected_at, &a.info.id).cmp(&(b.info.connected_at, &b.info.id))
         });
@@ -491,7 +506,7 @@ mod tests {
         let registry = Arc::new(ConnectionRegistry::default());
         let first = registry.register(status("productpage.default-1", SystemTime::now()));
         assert_eq!(registry.len(), 1);
-        registry.update("productpage.default-1", |s| s.last_push = None);
+        first.update(|s| s.last_push = None);
         assert_eq!(registry.connections()[0].last_push, None);
         drop(first);
         assert!(registry.is_empty());

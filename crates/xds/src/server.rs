@@ -350,7 +350,7 @@ async fn serve_stream(
     let mut published = inner.published.clone();
     let mut shutdown = inner.shutdown.clone();
     let mut current = published.borrow_and_update().clone();
-    let _registration = inner.registry.register(ConnectionStatus {
+    let registration = inner.registry.register(ConnectionStatus {
         info: info.clone(),
         proxy: connection.proxy().clone(),
         watches: ByTypeUrl::new(),
@@ -442,7 +442,7 @@ async fn serve_stream(
         {
             inner.metrics.observe_convergence(since.elapsed());
         }
-        inner.registry.update(&connection.id, |status| {
+        registration.update(|status| {
             status.refresh(
                 &connection,
                 touched,
