@@ -27,6 +27,7 @@ use meshpilot_translate::type_urls;
 use meshpilot_translate::vhds::ROUTE_CONFIG_HEADER;
 use prost::Message;
 use proto::*;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -244,16 +245,21 @@ pub struct NameList {
     wire: Bytes,
 }
 
-fn name_list(mut keys: Vec<u64>) -> Arc<NameList> {
-    static LISTS: OnceLock<Mutex<KeyMap<Arc<NameList>>>> = OnceLock::new();
-    keys.sort_unstable();
-    keys.dedup();
-    let id = xxhash_rust::xxh3::xxh3_64(
+/// The identity of a set of keys, given sorted and without duplicates.
+fn key_set_id(keys: &[u64]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(
         &keys
             .iter()
             .flat_map(|k| k.to_le_bytes())
             .collect::<Vec<u8>>(),
-    );
+    )
+}
+
+fn name_list(mut keys: Vec<u64>) -> Arc<NameList> {
+    static LISTS: OnceLock<Mutex<KeyMap<Arc<NameList>>>> = OnceLock::new();
+    keys.sort_unstable();
+    keys.dedup();
+    let id = key_set_id(&keys);
     let mut lists = LISTS
         .get_or_init(Mutex::default)
         .lock()
@@ -300,7 +306,7 @@ fn list_diff(old: Option<&NameList>, new: &NameList) -> (Vec<Bytes>, Vec<Bytes>)
 }
 
 /// One resource a sidecar holds.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Held {
     pub hash: u64,
     /// Delta: the version the server gave it.
@@ -310,7 +316,10 @@ pub struct Held {
 #[derive(Debug, Default)]
 pub struct TypeState {
     /// Name key → every resource held (one map: an update touches each resource once).
-    pub held: KeyMap<Held>,
+    /// Shared, copy on write, between sidecars that took the same SotW response.
+    pub held: Arc<KeyMap<Held>>,
+    /// The [`key_set_id`] of `held`'s keys while it is a shared response's table untouched.
+    held_id: Option<u64>,
     pub responses: u64,
     pub bytes: u64,
     pub nacks: u64,
@@ -332,9 +341,9 @@ pub struct SidecarState {
     pub disconnects: u32,
     pub last_error: Option<String>,
     /// Cluster key → key of the EDS name it subscribes to, for EDS clusters.
-    eds_of_cluster: KeyMap<u64>,
+    eds_of_cluster: Arc<KeyMap<u64>>,
     /// Listener key → keys of the RDS names its HTTP connection managers use.
-    routes_of_listener: KeyMap<Vec<u64>>,
+    routes_of_listener: Arc<KeyMap<Vec<u64>>>,
     /// Current EDS and RDS subscriptions (None before the first).
     eds: Option<Arc<NameList>>,
     rds: Option<Arc<NameList>>,
@@ -358,8 +367,8 @@ impl SidecarState {
             log: Vec::new(),
             disconnects: 0,
             last_error: None,
-            eds_of_cluster: KeyMap::default(),
-            routes_of_listener: KeyMap::default(),
+            eds_of_cluster: Arc::default(),
+            routes_of_listener: Arc::default(),
             eds: None,
             rds: None,
             seen: [false; KINDS],
@@ -413,8 +422,9 @@ impl SidecarState {
             let Some(list) = self.list(kind).filter(|l| !l.keys.is_empty()) else {
                 return true;
             };
-            let held = &self.of(kind).held;
-            self.seen[kind.index()] && list.keys.iter().all(|k| held.contains_key(k))
+            let t = self.of(kind);
+            self.seen[kind.index()]
+                && (t.held_id == Some(list.id) || list.keys.iter().all(|k| t.held.contains_key(k)))
         };
         self.seen[Kind::Cluster.index()]
             && self.seen[Kind::Listener.index()]
@@ -622,12 +632,16 @@ impl HeldVersion {
 }
 
 /// A resource decoded as far as the client needs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Decoded {
     key: u64,
-    name: Bytes,
+    /// Only when something will use it: delta (a reconnect names what is held), an
+    /// observer, or a route configuration naming VHDS. A cold SotW connect takes millions of
+    /// resources, and each copy of a shared name was an atomic count both cores fought over.
+    name: Option<Bytes>,
     hash: u64,
-    body: Bytes,
+    /// Only for an observer.
+    body: Option<Bytes>,
     version: Option<HeldVersion>,
     /// Clusters: the EDS name's key; listeners: the RDS names' keys.
     eds: Option<u64>,
@@ -637,7 +651,7 @@ struct Decoded {
 }
 
 /// How a response carries its resources.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Wire {
     /// SotW: each an `Any`.
     Any,
@@ -647,7 +661,12 @@ enum Wire {
 
 /// Decodes every resource of a response in one pass; also returns the bytes of their bodies.
 /// One undecodable resource fails them all, as Envoy rejects the whole update.
-fn decode_all(kind: Kind, raw: &[Bytes], wire: Wire) -> (u64, Result<Vec<Decoded>, String>) {
+fn decode_all(
+    kind: Kind,
+    raw: &[Bytes],
+    wire: Wire,
+    observe: bool,
+) -> (u64, Result<Vec<Decoded>, String>) {
     let mut bytes = 0;
     let mut decoded = Vec::with_capacity(raw.len());
     for resource in raw {
@@ -656,7 +675,7 @@ fn decode_all(kind: Kind, raw: &[Bytes], wire: Wire) -> (u64, Result<Vec<Decoded
                 .map_err(|e| format!("decoding an Any: {e}"))
                 .and_then(|any| {
                     bytes += any.value.len() as u64;
-                    decode_resource(kind, &any, None)
+                    decode_resource(kind, &any, None, observe)
                 }),
             Wire::Resource => {
                 let r = match LiteResource::decode(resource.clone()) {
@@ -668,7 +687,7 @@ fn decode_all(kind: Kind, raw: &[Bytes], wire: Wire) -> (u64, Result<Vec<Decoded
                     continue;
                 };
                 bytes += any.value.len() as u64;
-                decode_resource(kind, any, Some(&r.name)).map(|mut d| {
+                decode_resource(kind, any, Some(&r.name), observe).map(|mut d| {
                     d.version = Some(HeldVersion::parse(&r.version));
                     d
                 })
@@ -693,29 +712,35 @@ struct Facts {
     vhds: bool,
 }
 
-const FACT_SHARDS: usize = 64;
-/// Bodies remembered per shard before it starts over (bounds the memo in long runs).
-const FACTS_PER_SHARD: usize = 1 << 15;
-
-type FactMemo = Vec<Mutex<KeyMap<Result<Arc<Facts>, String>>>>;
+/// Bodies a thread remembers before it starts over (bounds the memo in long runs).
+const FACTS_PER_THREAD: usize = 1 << 18;
 
 /// Thousands of simulated sidecars are sent the same bodies, and decoding them is the same
-/// work each time: each distinct body (by type and [`body_hash`]) is decoded once per process.
-fn facts_of(kind: Kind, body: &Bytes, hash: u64) -> Result<Arc<Facts>, String> {
-    static MEMO: OnceLock<FactMemo> = OnceLock::new();
-    let memo = MEMO.get_or_init(|| (0..FACT_SHARDS).map(|_| Mutex::default()).collect());
+/// work each time: each distinct body (by type and [`body_hash`]) is decoded once per runtime
+/// thread. Per thread, not per process: a shared memo's lock and reference counts were cache
+/// lines both cores wrote for every resource of a cold connect.
+fn with_facts<T>(
+    kind: Kind,
+    body: &Bytes,
+    hash: u64,
+    use_facts: impl FnOnce(&Facts) -> T,
+) -> Result<T, String> {
+    thread_local! {
+        static MEMO: RefCell<KeyMap<Result<Facts, String>>> = RefCell::default();
+    }
     let key = hash ^ (kind.index() as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let shard = &memo[key as usize % FACT_SHARDS];
-    if let Some(known) = shard.lock().expect("facts").get(&key) {
-        return known.clone();
-    }
-    let facts = decode_facts(kind, body).map(Arc::new);
-    let mut shard = shard.lock().expect("facts");
-    if shard.len() >= FACTS_PER_SHARD {
-        shard.clear();
-    }
-    shard.insert(key, facts.clone());
-    facts
+    MEMO.with_borrow_mut(|memo| {
+        if !memo.contains_key(&key) {
+            if memo.len() >= FACTS_PER_THREAD {
+                memo.clear();
+            }
+            memo.insert(key, decode_facts(kind, body));
+        }
+        match &memo[&key] {
+            Ok(facts) => Ok(use_facts(facts)),
+            Err(detail) => Err(detail.clone()),
+        }
+    })
 }
 
 fn decode_facts(kind: Kind, body: &Bytes) -> Result<Facts, String> {
@@ -777,7 +802,12 @@ fn decode_facts(kind: Kind, body: &Bytes) -> Result<Facts, String> {
     })
 }
 
-fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<Decoded, String> {
+fn decode_resource(
+    kind: Kind,
+    any: &LiteAny,
+    name: Option<&Bytes>,
+    observe: bool,
+) -> Result<Decoded, String> {
     if any.type_url != kind.type_url().as_bytes() {
         return Err(format!(
             "resource of type {} in a {} response",
@@ -786,27 +816,29 @@ fn decode_resource(kind: Kind, any: &LiteAny, name: Option<&Bytes>) -> Result<De
         ));
     }
     let hash = body_hash(&any.value);
-    let facts = facts_of(kind, &any.value, hash)?;
-    if let Some(given) = name
-        && *given != facts.name
-    {
-        // Delta names each resource; the body must agree.
-        return Err(format!(
-            "resource {:?} carries a body named {:?}",
-            String::from_utf8_lossy(given),
-            String::from_utf8_lossy(&facts.name)
-        ));
-    }
-    Ok(Decoded {
-        key: facts.key,
-        name: facts.name.clone(),
-        hash,
-        body: any.value.clone(),
-        version: None,
-        eds: facts.eds,
-        routes: facts.routes.clone(),
-        vhds: facts.vhds,
-    })
+    with_facts(kind, &any.value, hash, |facts| {
+        if let Some(given) = name
+            && *given != facts.name
+        {
+            // Delta names each resource; the body must agree.
+            return Err(format!(
+                "resource {:?} carries a body named {:?}",
+                String::from_utf8_lossy(given),
+                String::from_utf8_lossy(&facts.name)
+            ));
+        }
+        let named = name.is_some() || observe || facts.vhds;
+        Ok(Decoded {
+            key: facts.key,
+            name: named.then(|| facts.name.clone()),
+            hash,
+            body: observe.then(|| any.value.clone()),
+            version: None,
+            eds: facts.eds,
+            routes: facts.routes.clone(),
+            vhds: facts.vhds,
+        })
+    })?
 }
 
 /// What to do after a response was applied.
@@ -831,34 +863,36 @@ fn apply(
     observe: bool,
 ) -> Followups {
     let mut followups = Followups::default();
+    state.types[kind.index()].held_id = None;
     let old = if replace {
         let fresh = KeyMap::with_capacity_and_hasher(decoded.len(), Default::default());
         match kind {
-            Kind::Cluster => state.eds_of_cluster.clear(),
-            Kind::Listener => state.routes_of_listener.clear(),
+            Kind::Cluster => state.eds_of_cluster = Arc::default(),
+            Kind::Listener => state.routes_of_listener = Arc::default(),
             _ => {}
         }
         Some(std::mem::replace(
             &mut state.types[kind.index()].held,
-            fresh,
+            Arc::new(fresh),
         ))
     } else {
         None
     };
     for d in decoded {
         if kind == Kind::Cluster {
+            let eds_of_cluster = Arc::make_mut(&mut state.eds_of_cluster);
             if let Some(eds) = d.eds {
-                state.eds_of_cluster.insert(d.key, eds);
+                eds_of_cluster.insert(d.key, eds);
             } else {
-                state.eds_of_cluster.remove(&d.key);
+                eds_of_cluster.remove(&d.key);
             }
         }
         if kind == Kind::Listener {
-            state.routes_of_listener.insert(d.key, d.routes);
+            Arc::make_mut(&mut state.routes_of_listener).insert(d.key, d.routes);
         }
         if kind == Kind::Route {
-            if d.vhds {
-                state.vhds_routes.insert(d.key, d.name.clone());
+            if let Some(name) = d.name.as_ref().filter(|_| d.vhds) {
+                state.vhds_routes.insert(d.key, name.clone());
             } else {
                 state.vhds_routes.remove(&d.key);
             }
@@ -869,50 +903,209 @@ fn apply(
             hash: d.hash,
             version: d.version,
         };
-        let previous = t.held.insert(d.key, held).map(|h| h.hash);
+        let previous = Arc::make_mut(&mut t.held)
+            .insert(d.key, held)
+            .map(|h| h.hash);
         let previous =
             previous.or_else(|| old.as_ref().and_then(|o| o.get(&d.key).map(|h| h.hash)));
-        if previous.is_none() && delta {
+        if previous.is_none()
+            && delta
+            && let Some(name) = &d.name
+        {
             // Delta only: a reconnect names every held resource. Held before means
             // registered before (the registry only grows).
-            register(d.key, &d.name);
+            register(d.key, name);
         }
-        if observe && previous != Some(d.hash) {
-            followups.changed.push((d.name, d.body, d.hash));
+        if observe
+            && previous != Some(d.hash)
+            && let (Some(name), Some(body)) = (d.name, d.body)
+        {
+            followups.changed.push((name, body, d.hash));
         }
     }
     for name in removed {
         let key = name_key(name);
         let t = &mut state.types[kind.index()];
-        t.held.remove(&key);
-        state.eds_of_cluster.remove(&key);
-        state.routes_of_listener.remove(&key);
+        Arc::make_mut(&mut t.held).remove(&key);
+        if kind == Kind::Cluster {
+            Arc::make_mut(&mut state.eds_of_cluster).remove(&key);
+        }
+        if kind == Kind::Listener {
+            Arc::make_mut(&mut state.routes_of_listener).remove(&key);
+        }
         if kind == Kind::Route {
             state.vhds_routes.remove(&key);
         }
     }
     if kind == Kind::Cluster {
-        let wanted = name_list(state.eds_of_cluster.values().copied().collect());
-        followups.eds = Some(match &state.eds {
-            Some(current) if current.id == wanted.id => Default::default(),
-            current => list_diff(current.as_deref(), &wanted),
-        });
-        state.eds = Some(wanted);
+        resubscribe_eds(state, eds_names(&state.eds_of_cluster), &mut followups);
     }
     if kind == Kind::Listener {
-        let wanted = name_list(
-            state
-                .routes_of_listener
-                .values()
-                .flatten()
-                .copied()
-                .collect(),
-        );
-        followups.rds = Some(match &state.rds {
-            Some(current) if current.id == wanted.id => Default::default(),
-            current => list_diff(current.as_deref(), &wanted),
-        });
-        state.rds = Some(wanted);
+        resubscribe_rds(state, rds_names(&state.routes_of_listener), &mut followups);
+    }
+    followups
+}
+
+fn eds_names(eds_of_cluster: &KeyMap<u64>) -> Arc<NameList> {
+    name_list(eds_of_cluster.values().copied().collect())
+}
+
+fn rds_names(routes_of_listener: &KeyMap<Vec<u64>>) -> Arc<NameList> {
+    name_list(routes_of_listener.values().flatten().copied().collect())
+}
+
+/// After CDS: the EDS names the clusters now want, and the difference to tell the server.
+fn resubscribe_eds(state: &mut SidecarState, wanted: Arc<NameList>, followups: &mut Followups) {
+    followups.eds = Some(match &state.eds {
+        Some(current) if current.id == wanted.id => Default::default(),
+        current => list_diff(current.as_deref(), &wanted),
+    });
+    state.eds = Some(wanted);
+}
+
+/// After LDS: the RDS names the listeners now want, and the difference.
+fn resubscribe_rds(state: &mut SidecarState, wanted: Arc<NameList>, followups: &mut Followups) {
+    followups.rds = Some(match &state.rds {
+        Some(current) if current.id == wanted.id => Default::default(),
+        current => list_diff(current.as_deref(), &wanted),
+    });
+    state.rds = Some(wanted);
+}
+
+/// A response's resources, decoded once for every sidecar sent the same ones: a cold connect
+/// sends thousands of sidecars identical responses of a thousand resources each.
+struct SharedResponse {
+    kind: Kind,
+    /// Bytes of the resource bodies.
+    bytes: u64,
+    decoded: Vec<Decoded>,
+    /// What a sidecar holding nothing of the type holds after taking the response (built on
+    /// first use: a response taken only into a non-empty table never needs it).
+    tables: OnceLock<SharedTables>,
+}
+
+struct SharedTables {
+    held: Arc<KeyMap<Held>>,
+    held_id: u64,
+    eds_of_cluster: Arc<KeyMap<u64>>,
+    eds: Arc<NameList>,
+    routes_of_listener: Arc<KeyMap<Vec<u64>>>,
+    rds: Arc<NameList>,
+}
+
+/// Distinct responses a thread remembers before it starts over.
+const SHARED_RESPONSES_PER_THREAD: usize = 64;
+
+/// Decodes a response's resources, or finds them decoded for an identical response (same
+/// type, same resource bytes, delta versions included, in the same order). Errors (with the
+/// bytes of the bodies read until then) are not remembered.
+fn shared_response(
+    kind: Kind,
+    raw: &[Bytes],
+    wire: Wire,
+) -> Result<Arc<SharedResponse>, (u64, String)> {
+    thread_local! {
+        static MEMO: RefCell<KeyMap<Arc<SharedResponse>>> = RefCell::default();
+    }
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+    for resource in raw {
+        hasher.update(&(resource.len() as u64).to_le_bytes());
+        hasher.update(resource);
+    }
+    let salt = (kind.index() as u64 * 2 + u64::from(wire == Wire::Resource) + 1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let key = hasher.digest() ^ salt;
+    if let Some(known) = MEMO.with_borrow(|memo| memo.get(&key).cloned()) {
+        return Ok(known);
+    }
+    let (bytes, decoded) = decode_all(kind, raw, wire, false);
+    let shared = Arc::new(SharedResponse {
+        kind,
+        bytes,
+        decoded: decoded.map_err(|detail| (bytes, detail))?,
+        tables: OnceLock::new(),
+    });
+    MEMO.with_borrow_mut(|memo| {
+        if memo.len() >= SHARED_RESPONSES_PER_THREAD {
+            memo.clear();
+        }
+        memo.insert(key, shared.clone());
+    });
+    Ok(shared)
+}
+
+impl SharedResponse {
+    fn tables(&self) -> &SharedTables {
+        self.tables.get_or_init(|| {
+            let held: KeyMap<Held> = self
+                .decoded
+                .iter()
+                .map(|d| {
+                    if d.version.is_some()
+                        && let Some(name) = &d.name
+                    {
+                        // Delta: held for the first time, so registered for a reconnect.
+                        register(d.key, name);
+                    }
+                    let held = Held {
+                        hash: d.hash,
+                        version: d.version.clone(),
+                    };
+                    (d.key, held)
+                })
+                .collect();
+            let mut keys: Vec<u64> = held.keys().copied().collect();
+            keys.sort_unstable();
+            let of_kind = |kind: Kind| self.decoded.iter().filter(move |_| self.kind == kind);
+            let eds_of_cluster: KeyMap<u64> = of_kind(Kind::Cluster)
+                .filter_map(|d| Some((d.key, d.eds?)))
+                .collect();
+            let routes_of_listener: KeyMap<Vec<u64>> = of_kind(Kind::Listener)
+                .map(|d| (d.key, d.routes.clone()))
+                .collect();
+            SharedTables {
+                held: Arc::new(held),
+                held_id: key_set_id(&keys),
+                eds: eds_names(&eds_of_cluster),
+                eds_of_cluster: Arc::new(eds_of_cluster),
+                rds: rds_names(&routes_of_listener),
+                routes_of_listener: Arc::new(routes_of_listener),
+            }
+        })
+    }
+
+    /// Whether taking it can share its tables: it replaces what is held (a wildcard type) or
+    /// nothing is held, nobody watches for changed bodies, and no route names VHDS (VHDS
+    /// routes are tracked per sidecar).
+    fn can_share(&self, state: &SidecarState, kind: Kind, replace: bool) -> bool {
+        (replace || state.of(kind).held.is_empty())
+            && !self.decoded.iter().any(|d| d.vhds)
+            && (kind != Kind::Route || state.vhds_routes.is_empty())
+    }
+}
+
+/// Takes a shared SotW response: as [`apply`] would, without touching each resource.
+fn apply_shared(
+    state: &mut SidecarState,
+    kind: Kind,
+    response: &SharedResponse,
+    replace: bool,
+) -> Followups {
+    if !response.can_share(state, kind, replace) {
+        return apply(state, kind, response.decoded.clone(), &[], replace, false);
+    }
+    let tables = response.tables();
+    let t = &mut state.types[kind.index()];
+    t.held = tables.held.clone();
+    t.held_id = Some(tables.held_id);
+    let mut followups = Followups::default();
+    if kind == Kind::Cluster {
+        state.eds_of_cluster = tables.eds_of_cluster.clone();
+        resubscribe_eds(state, tables.eds.clone(), &mut followups);
+    }
+    if kind == Kind::Listener {
+        state.routes_of_listener = tables.routes_of_listener.clone();
+        resubscribe_rds(state, tables.rds.clone(), &mut followups);
     }
     followups
 }
@@ -977,6 +1170,13 @@ fn nack_event(config: &SidecarConfig, kind: Kind, detail: String) {
     });
 }
 
+/// A response's resources, decoded for this sidecar (to tell an observer what changed, or to
+/// change what it holds) or shared.
+enum Taken {
+    Each(Vec<Decoded>),
+    Shared(Arc<SharedResponse>),
+}
+
 async fn run_sotw(
     config: &SidecarConfig,
     state: &Arc<Mutex<SidecarState>>,
@@ -1015,7 +1215,17 @@ async fn run_sotw(
         let Some(kind) = Kind::from_type_url(&response.type_url) else {
             continue;
         };
-        let (bytes, decoded) = decode_all(kind, &response.resources, Wire::Any);
+        let observe = observing(config, kind);
+        let decoded = if observe {
+            let (bytes, decoded) = decode_all(kind, &response.resources, Wire::Any, true);
+            (bytes, decoded.map(Taken::Each))
+        } else {
+            match shared_response(kind, &response.resources, Wire::Any) {
+                Ok(shared) => (shared.bytes, Ok(Taken::Shared(shared))),
+                Err((bytes, detail)) => (bytes, Err(detail)),
+            }
+        };
+        let (bytes, decoded) = decoded;
         let mut followups;
         {
             let mut s = state.lock().expect("sidecar state");
@@ -1049,14 +1259,10 @@ async fn run_sotw(
                     continue;
                 }
             };
-            followups = apply(
-                &mut s,
-                kind,
-                decoded,
-                &[],
-                kind.wildcard(),
-                observing(config, kind),
-            );
+            followups = match decoded {
+                Taken::Each(decoded) => apply(&mut s, kind, decoded, &[], kind.wildcard(), true),
+                Taken::Shared(shared) => apply_shared(&mut s, kind, &shared, kind.wildcard()),
+            };
             s.types[kind.index()].version = response.version_info.clone();
             tx.send(request(
                 kind,
@@ -1249,7 +1455,19 @@ fn take_delta_response(
     response: &LiteDeltaDiscoveryResponse,
     at: Instant,
 ) -> (DeltaDiscoveryRequest, Option<Followups>) {
-    let (bytes, decoded) = decode_all(kind, &response.resources, Wire::Resource);
+    let observe = observing(config, kind);
+    // A first response of the type (as in a cold connect) can share its table with every
+    // sidecar sent the same one; later ones change what this sidecar holds.
+    let first = s.of(kind).held.is_empty() && response.removed_resources.is_empty();
+    let (bytes, decoded) = if observe || !first {
+        let (bytes, decoded) = decode_all(kind, &response.resources, Wire::Resource, observe);
+        (bytes, decoded.map(Taken::Each))
+    } else {
+        match shared_response(kind, &response.resources, Wire::Resource) {
+            Ok(shared) => (shared.bytes, Ok(Taken::Shared(shared))),
+            Err((bytes, detail)) => (bytes, Err(detail)),
+        }
+    };
     let stream = s.stream;
     record(
         s,
@@ -1277,14 +1495,17 @@ fn take_delta_response(
             return (reply, None);
         }
     };
-    let followups = apply(
-        s,
-        kind,
-        decoded,
-        &response.removed_resources,
-        false,
-        observing(config, kind),
-    );
+    let followups = match decoded {
+        Taken::Each(decoded) => apply(
+            s,
+            kind,
+            decoded,
+            &response.removed_resources,
+            false,
+            observe,
+        ),
+        Taken::Shared(shared) => apply_shared(s, kind, &shared, false),
+    };
     s.types[kind.index()].version = response.system_version_info.clone();
     (reply, Some(followups))
 }
@@ -1386,6 +1607,7 @@ mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
     use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
         HttpConnectionManager, Rds, http_connection_manager::RouteSpecifier,
     };
@@ -1444,8 +1666,9 @@ mod tests {
         }
     }
 
+    /// Decoded as for an observer: with its name and body.
     fn decode(kind: Kind, any: &LiteAny) -> Decoded {
-        decode_resource(kind, any, None).unwrap()
+        decode_resource(kind, any, None, true).unwrap()
     }
 
     #[test]
@@ -1471,12 +1694,12 @@ mod tests {
     fn broken_or_mistyped_resources_are_rejected() {
         let mut broken = mk_eds_cluster("a", "");
         broken.value = Bytes::from_static(&[0x0a, 0x05, b'a']);
-        assert!(decode_resource(Kind::Cluster, &broken, None).is_err());
+        assert!(decode_resource(Kind::Cluster, &broken, None, false).is_err());
         let listener = mk_listener("l", "r");
-        assert!(decode_resource(Kind::Cluster, &listener, None).is_err());
+        assert!(decode_resource(Kind::Cluster, &listener, None, false).is_err());
         // A delta resource whose name disagrees with its body.
         let other = Bytes::from_static(b"other");
-        assert!(decode_resource(Kind::Listener, &listener, Some(&other)).is_err());
+        assert!(decode_resource(Kind::Listener, &listener, Some(&other), false).is_err());
     }
 
     #[test]
@@ -1545,12 +1768,16 @@ mod tests {
         let any = |a: &LiteAny| Bytes::from(a.encode_to_vec());
         let (a, b) = (mk_named(Kind::Endpoint, "a"), mk_named(Kind::Endpoint, "b"));
         let body_bytes = (a.value.len() + b.value.len()) as u64;
-        let (bytes, decoded) = decode_all(Kind::Endpoint, &[any(&a), any(&b)], Wire::Any);
-        let names: Vec<Bytes> = decoded.unwrap().into_iter().map(|d| d.name).collect();
+        let (bytes, decoded) = decode_all(Kind::Endpoint, &[any(&a), any(&b)], Wire::Any, true);
+        let names: Vec<Bytes> = decoded
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name.unwrap())
+            .collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(bytes, body_bytes);
         let broken = Bytes::from_static(&[0x12, 0x7f]);
-        let (_, decoded) = decode_all(Kind::Endpoint, &[any(&a), broken], Wire::Any);
+        let (_, decoded) = decode_all(Kind::Endpoint, &[any(&a), broken], Wire::Any, true);
         assert!(decoded.unwrap_err().contains("decoding an Any"));
 
         // Delta: the Resource's name and version; a body-less Resource is skipped.
@@ -1564,12 +1791,12 @@ mod tests {
             .into()
         };
         let raw = [resource("a", Some(&a)), resource("z", None)];
-        let (_, decoded) = decode_all(Kind::Endpoint, &raw, Wire::Resource);
+        let (_, decoded) = decode_all(Kind::Endpoint, &raw, Wire::Resource, false);
         let decoded = decoded.unwrap();
         assert_eq!(decoded.len(), 1);
         assert_eq!(decoded[0].version, Some(HeldVersion::Hex(0xff)));
         let misnamed = [resource("b", Some(&a))];
-        let (_, decoded) = decode_all(Kind::Endpoint, &misnamed, Wire::Resource);
+        let (_, decoded) = decode_all(Kind::Endpoint, &misnamed, Wire::Resource, false);
         assert!(decoded.unwrap_err().contains("carries a body named"));
     }
 
@@ -1577,17 +1804,18 @@ mod tests {
     fn a_body_is_decoded_once_and_its_name_does_not_hold_the_received_bytes() {
         let any = mk_named(Kind::Endpoint, "decoded-once");
         let first = decode(Kind::Endpoint, &any);
+        let first_name = first.name.unwrap();
         let body = any.value.as_ptr_range();
-        assert!(!body.contains(&first.name.as_ptr()), "the name is a copy");
+        assert!(!body.contains(&first_name.as_ptr()), "the name is a copy");
         // The same bytes received again, elsewhere: the remembered facts, same name copy.
         let again = LiteAny {
             type_url: any.type_url.clone(),
             value: Bytes::copy_from_slice(&any.value),
         };
         let second = decode(Kind::Endpoint, &again);
-        assert_eq!(second.name.as_ptr(), first.name.as_ptr());
+        assert_eq!(second.name.unwrap().as_ptr(), first_name.as_ptr());
         assert_eq!(
-            second.body.as_ptr(),
+            second.body.unwrap().as_ptr(),
             again.value.as_ptr(),
             "the body is the one received"
         );
@@ -1596,9 +1824,141 @@ mod tests {
             type_url: Kind::VirtualHost.type_url().into(),
             value: any.value.clone(),
         };
-        let host = decode(Kind::VirtualHost, &as_host);
-        assert_eq!(host.name, first.name);
-        assert_ne!(host.name.as_ptr(), first.name.as_ptr());
+        let host = decode(Kind::VirtualHost, &as_host).name.unwrap();
+        assert_eq!(host, first_name);
+        assert_ne!(host.as_ptr(), first_name.as_ptr());
+    }
+
+    #[test]
+    fn without_an_observer_only_vhds_routes_keep_their_names() {
+        let quiet = |kind, any: &LiteAny| decode_resource(kind, any, None, false).unwrap();
+        let endpoint = quiet(Kind::Endpoint, &mk_named(Kind::Endpoint, "quiet"));
+        assert_eq!((endpoint.name, endpoint.body), (None, None));
+        let vhds_route = lite(pack_any(RouteConfiguration {
+            name: "8080".into(),
+            vhds: Some(Default::default()),
+            ..Default::default()
+        }));
+        let route = quiet(Kind::Route, &vhds_route);
+        assert_eq!(route.name.as_deref(), Some(&b"8080"[..]));
+        assert!(route.vhds && route.body.is_none());
+        // Delta names every resource: a reconnect sends the names back.
+        let named = Bytes::from_static(b"quiet");
+        let any = mk_named(Kind::Endpoint, "quiet");
+        let delta = decode_resource(Kind::Endpoint, &any, Some(&named), false).unwrap();
+        assert_eq!(delta.name, Some(named));
+    }
+
+    /// A SotW response's resources as received: each an encoded `Any`, in a buffer of its own.
+    fn sotw_resources(resources: &[LiteAny]) -> Vec<Bytes> {
+        resources
+            .iter()
+            .map(|a| Bytes::from(a.encode_to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn sidecars_sent_the_same_sotw_response_share_what_they_hold() {
+        let clusters = [
+            mk_eds_cluster("shared-a", ""),
+            mk_eds_cluster("shared-b", ""),
+        ];
+        let first = shared_response(Kind::Cluster, &sotw_resources(&clusters), Wire::Any).unwrap();
+        let again = shared_response(Kind::Cluster, &sotw_resources(&clusters), Wire::Any).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "decoded once");
+        let body_bytes: usize = clusters.iter().map(|c| c.value.len()).sum();
+        assert_eq!(first.bytes, body_bytes as u64);
+        let reordered = [clusters[1].clone(), clusters[0].clone()];
+        let other = shared_response(Kind::Cluster, &sotw_resources(&reordered), Wire::Any).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other), "another response");
+
+        // Two sidecars take it: one table between them, and the same subscriptions and
+        // completeness as each resource applied on its own.
+        let (mut one, mut two, mut each) = (
+            SidecarState::new(),
+            SidecarState::new(),
+            SidecarState::new(),
+        );
+        let shared_followups = apply_shared(&mut one, Kind::Cluster, &first, true);
+        apply_shared(&mut two, Kind::Cluster, &again, true);
+        let each_followups = apply(
+            &mut each,
+            Kind::Cluster,
+            first.decoded.clone(),
+            &[],
+            true,
+            false,
+        );
+        assert!(Arc::ptr_eq(
+            &one.of(Kind::Cluster).held,
+            &two.of(Kind::Cluster).held
+        ));
+        assert_eq!(one.held_hashes(), each.held_hashes());
+        assert_eq!(shared_followups.eds, each_followups.eds);
+        assert_eq!(one.eds.as_ref().unwrap().id, each.eds.as_ref().unwrap().id);
+        let endpoints = [
+            mk_named(Kind::Endpoint, "shared-a"),
+            mk_named(Kind::Endpoint, "shared-b"),
+        ];
+        let eds = shared_response(Kind::Endpoint, &sotw_resources(&endpoints), Wire::Any).unwrap();
+        let listener = shared_response(
+            Kind::Listener,
+            &sotw_resources(&[mk_listener("l", "r")]),
+            Wire::Any,
+        );
+        let route = shared_response(
+            Kind::Route,
+            &sotw_resources(&[mk_named(Kind::Route, "r")]),
+            Wire::Any,
+        );
+        let mut f = Followups::default();
+        for state in [&mut one, &mut each] {
+            check_complete(state, Kind::Cluster, &mut f);
+            apply_shared(state, Kind::Listener, listener.as_ref().unwrap(), true);
+            check_complete(state, Kind::Listener, &mut f);
+            apply_shared(state, Kind::Endpoint, &eds, false);
+            check_complete(state, Kind::Endpoint, &mut f);
+            assert!(!state.is_complete(), "the route is missing");
+            apply_shared(state, Kind::Route, route.as_ref().unwrap(), false);
+            check_complete(state, Kind::Route, &mut f);
+            assert!(state.is_complete());
+        }
+
+        // A change to one sidecar's table is its own (copy on write).
+        let changed = [mk_named(Kind::Endpoint, "shared-a")];
+        apply(
+            &mut one,
+            Kind::Endpoint,
+            vec![decode(
+                Kind::Endpoint,
+                &mk_named(Kind::Endpoint, "shared-c"),
+            )],
+            &[],
+            false,
+            false,
+        );
+        assert_eq!(one.of(Kind::Endpoint).held.len(), 3);
+        assert_eq!(each.of(Kind::Endpoint).held.len(), 2);
+        assert_eq!(eds.tables().held.len(), 2);
+        // Into a non-empty table a non-wildcard response merges, resource by resource.
+        let merged = shared_response(Kind::Endpoint, &sotw_resources(&changed), Wire::Any).unwrap();
+        apply_shared(&mut each, Kind::Endpoint, &merged, false);
+        assert_eq!(each.of(Kind::Endpoint).held.len(), 2);
+        assert!(each.of(Kind::Endpoint).held_id.is_none());
+    }
+
+    #[test]
+    fn a_broken_sotw_response_is_not_remembered() {
+        let mut broken = mk_eds_cluster("broken", "");
+        broken.value = Bytes::from_static(&[0x0a, 0x05, b'a']);
+        let raw = sotw_resources(&[mk_eds_cluster("fine", ""), broken]);
+        for _ in 0..2 {
+            let (bytes, detail) = shared_response(Kind::Cluster, &raw, Wire::Any)
+                .err()
+                .unwrap();
+            assert!(detail.contains("decoding"), "{detail}");
+            assert!(bytes > 0, "the first body was read");
+        }
     }
 
     #[test]
@@ -1685,6 +2045,45 @@ mod tests {
         let request = DeltaDiscoveryRequest::decode(eds).unwrap();
         assert_eq!(request.resource_names_subscribe, ["reconnect-a"]);
         assert!(request.initial_resource_versions.is_empty());
+    }
+
+    #[test]
+    fn a_shared_first_delta_response_keeps_versions_for_a_reconnect() {
+        let resource = |name: &str, version: &'static [u8]| -> Bytes {
+            LiteResource {
+                version: Bytes::from_static(version),
+                resource: Some(mk_eds_cluster(name, name)),
+                name: Bytes::copy_from_slice(name.as_bytes()),
+            }
+            .encode_to_vec()
+            .into()
+        };
+        let raw = [
+            resource("shared-delta-a", b"000000000000000a"),
+            resource("shared-delta-b", b"000000000000000b"),
+        ];
+        let shared = shared_response(Kind::Cluster, &raw, Wire::Resource).unwrap();
+        let mut state = SidecarState::new();
+        apply_shared(&mut state, Kind::Cluster, &shared, false);
+        assert!(Arc::ptr_eq(
+            &state.of(Kind::Cluster).held,
+            &shared.tables().held
+        ));
+        let mut frame = BytesMut::new();
+        DeltaDiscoveryRequest::default().encode(&mut frame).unwrap();
+        frame.put_slice(&reconnect_fields(&state, Kind::Cluster));
+        let request = DeltaDiscoveryRequest::decode(frame.freeze()).unwrap();
+        assert_eq!(
+            request.initial_resource_versions,
+            HashMap::from([
+                ("shared-delta-a".to_string(), format!("{:016x}", 0xa)),
+                ("shared-delta-b".to_string(), format!("{:016x}", 0xb)),
+            ])
+        );
+        // The same resources at another version are another response.
+        let newer = [resource("shared-delta-a", b"00000000000000aa")];
+        let other = shared_response(Kind::Cluster, &newer, Wire::Resource).unwrap();
+        assert!(!Arc::ptr_eq(&shared, &other));
     }
 
     #[test]
