@@ -1074,13 +1074,17 @@ impl SharedResponse {
         })
     }
 
-    /// Whether taking it can share its tables: it replaces what is held (a wildcard type) or
-    /// nothing is held, nobody watches for changed bodies, and no route names VHDS (VHDS
-    /// routes are tracked per sidecar).
+    /// Whether taking it can share its tables: it replaces what is held (a wildcard type, or
+    /// a response naming exactly the names held, as a SotW reconnect's EDS and RDS answers
+    /// do) or nothing is held, and no route names VHDS (VHDS routes are tracked per
+    /// sidecar).
     fn can_share(&self, state: &SidecarState, kind: Kind, replace: bool) -> bool {
-        (replace || state.of(kind).held.is_empty())
-            && !self.decoded.iter().any(|d| d.vhds)
+        let t = state.of(kind);
+        !self.decoded.iter().any(|d| d.vhds)
             && (kind != Kind::Route || state.vhds_routes.is_empty())
+            && (replace
+                || t.held.is_empty()
+                || t.held_id.is_some_and(|id| id == self.tables().held_id))
     }
 }
 
@@ -1924,6 +1928,25 @@ mod tests {
             assert!(state.is_complete());
         }
 
+        // A response naming exactly the names held replaces them, shared too.
+        let newer = [
+            mk_named(Kind::Endpoint, "shared-b"),
+            LiteAny {
+                value: Bytes::from([&endpoints[0].value[..], &[0x12, 0x00]].concat()),
+                ..endpoints[0].clone()
+            },
+        ];
+        let newer = shared_response(Kind::Endpoint, &sotw_resources(&newer), Wire::Any).unwrap();
+        apply_shared(&mut one, Kind::Endpoint, &newer, false);
+        assert!(Arc::ptr_eq(
+            &one.of(Kind::Endpoint).held,
+            &newer.tables().held
+        ));
+        apply_shared(&mut one, Kind::Endpoint, &eds, false);
+        assert!(Arc::ptr_eq(
+            &one.of(Kind::Endpoint).held,
+            &eds.tables().held
+        ));
         // A change to one sidecar's table is its own (copy on write).
         let changed = [mk_named(Kind::Endpoint, "shared-a")];
         apply(
