@@ -3,8 +3,9 @@
 //! only what a sidecar needs to subscribe: cluster names and EDS service names, listener names
 //! and the RDS names of their HTTP connection managers, and endpoint and route names. Each
 //! held resource is a 64-bit name key and a 64-bit hash of its bytes, and subscription name
-//! lists are shared between sidecars, so thousands fit in one process and the load generator
-//! stays cheap next to the server it measures.
+//! lists are shared between sidecars, as are the decode and the held table of a response sent
+//! identically to many (a cold connect's), so thousands fit in one process and the load
+//! generator stays cheap next to the server it measures.
 //!
 //! Behaviour, as Envoy's: CDS and LDS first (wildcard), then EDS for the EDS clusters and RDS
 //! for the routes the listeners name; every response is ACKed with its nonce (SotW:
@@ -316,7 +317,8 @@ pub struct Held {
 #[derive(Debug, Default)]
 pub struct TypeState {
     /// Name key → every resource held (one map: an update touches each resource once).
-    /// Shared, copy on write, between sidecars that took the same SotW response.
+    /// Shared, copy on write, between sidecars that took the same response (see
+    /// [`SharedResponse`]).
     pub held: Arc<KeyMap<Held>>,
     /// The [`key_set_id`] of `held`'s keys while it is a shared response's table untouched.
     held_id: Option<u64>,
@@ -730,13 +732,10 @@ fn with_facts<T>(
     }
     let key = hash ^ (kind.index() as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     MEMO.with_borrow_mut(|memo| {
-        if !memo.contains_key(&key) {
-            if memo.len() >= FACTS_PER_THREAD {
-                memo.clear();
-            }
-            memo.insert(key, decode_facts(kind, body));
+        if memo.len() >= FACTS_PER_THREAD && !memo.contains_key(&key) {
+            memo.clear();
         }
-        match &memo[&key] {
+        match memo.entry(key).or_insert_with(|| decode_facts(kind, body)) {
             Ok(facts) => Ok(use_facts(facts)),
             Err(detail) => Err(detail.clone()),
         }
@@ -1088,7 +1087,7 @@ impl SharedResponse {
     }
 }
 
-/// Takes a shared SotW response: as [`apply`] would, without touching each resource.
+/// Takes a shared response: as [`apply`] would, without touching each resource when it can.
 fn apply_shared(
     state: &mut SidecarState,
     kind: Kind,
@@ -1181,6 +1180,27 @@ enum Taken {
     Shared(Arc<SharedResponse>),
 }
 
+/// Decodes a response's resources: through the memo of identical responses when `shareable`
+/// and nobody observes changed bodies, else for this sidecar alone. Also returns the bytes of
+/// the bodies.
+fn take(
+    kind: Kind,
+    raw: &[Bytes],
+    wire: Wire,
+    observe: bool,
+    shareable: bool,
+) -> (u64, Result<Taken, String>) {
+    if shareable && !observe {
+        match shared_response(kind, raw, wire) {
+            Ok(shared) => (shared.bytes, Ok(Taken::Shared(shared))),
+            Err((bytes, detail)) => (bytes, Err(detail)),
+        }
+    } else {
+        let (bytes, decoded) = decode_all(kind, raw, wire, observe);
+        (bytes, decoded.map(Taken::Each))
+    }
+}
+
 async fn run_sotw(
     config: &SidecarConfig,
     state: &Arc<Mutex<SidecarState>>,
@@ -1220,16 +1240,7 @@ async fn run_sotw(
             continue;
         };
         let observe = observing(config, kind);
-        let decoded = if observe {
-            let (bytes, decoded) = decode_all(kind, &response.resources, Wire::Any, true);
-            (bytes, decoded.map(Taken::Each))
-        } else {
-            match shared_response(kind, &response.resources, Wire::Any) {
-                Ok(shared) => (shared.bytes, Ok(Taken::Shared(shared))),
-                Err((bytes, detail)) => (bytes, Err(detail)),
-            }
-        };
-        let (bytes, decoded) = decoded;
+        let (bytes, decoded) = take(kind, &response.resources, Wire::Any, observe, true);
         let mut followups;
         {
             let mut s = state.lock().expect("sidecar state");
@@ -1463,15 +1474,7 @@ fn take_delta_response(
     // A first response of the type (as in a cold connect) can share its table with every
     // sidecar sent the same one; later ones change what this sidecar holds.
     let first = s.of(kind).held.is_empty() && response.removed_resources.is_empty();
-    let (bytes, decoded) = if observe || !first {
-        let (bytes, decoded) = decode_all(kind, &response.resources, Wire::Resource, observe);
-        (bytes, decoded.map(Taken::Each))
-    } else {
-        match shared_response(kind, &response.resources, Wire::Resource) {
-            Ok(shared) => (shared.bytes, Ok(Taken::Shared(shared))),
-            Err((bytes, detail)) => (bytes, Err(detail)),
-        }
-    };
+    let (bytes, decoded) = take(kind, &response.resources, Wire::Resource, observe, first);
     let stream = s.stream;
     record(
         s,
@@ -2043,6 +2046,14 @@ mod tests {
         );
     }
 
+    /// A reconnect's request for `kind`, as the server decodes it.
+    fn reconnect_request(state: &SidecarState, kind: Kind) -> DeltaDiscoveryRequest {
+        let mut frame = BytesMut::new();
+        DeltaDiscoveryRequest::default().encode(&mut frame).unwrap();
+        frame.put_slice(&reconnect_fields(state, kind));
+        DeltaDiscoveryRequest::decode(frame.freeze()).unwrap()
+    }
+
     #[test]
     fn a_reconnect_names_every_delta_resource_held_with_its_version() {
         let mut state = SidecarState::new();
@@ -2055,10 +2066,7 @@ mod tests {
         apply(&mut state, Kind::Cluster, clusters, &[], false, false);
         let removed = [Bytes::from_static(b"reconnect-b")];
         apply(&mut state, Kind::Cluster, vec![], &removed, false, false);
-        let mut frame = BytesMut::new();
-        DeltaDiscoveryRequest::default().encode(&mut frame).unwrap();
-        frame.put_slice(&reconnect_fields(&state, Kind::Cluster));
-        let request = DeltaDiscoveryRequest::decode(frame.freeze()).unwrap();
+        let request = reconnect_request(&state, Kind::Cluster);
         assert_eq!(
             request.initial_resource_versions,
             HashMap::from([("reconnect-a".to_string(), format!("{:016x}", 0xa))])
@@ -2092,10 +2100,7 @@ mod tests {
             &state.of(Kind::Cluster).held,
             &shared.tables().held
         ));
-        let mut frame = BytesMut::new();
-        DeltaDiscoveryRequest::default().encode(&mut frame).unwrap();
-        frame.put_slice(&reconnect_fields(&state, Kind::Cluster));
-        let request = DeltaDiscoveryRequest::decode(frame.freeze()).unwrap();
+        let request = reconnect_request(&state, Kind::Cluster);
         assert_eq!(
             request.initial_resource_versions,
             HashMap::from([
