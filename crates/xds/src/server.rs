@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use tonic::body::Body;
@@ -348,8 +349,13 @@ async fn serve_stream(
     let _connected =
         matches!(stream, Served::Ads(_)).then(|| inner.metrics.connected(&info.istio_version));
     let mut published = inner.published.clone();
-    let mut shutdown = inner.shutdown.clone();
     let mut current = published.borrow_and_update().clone();
+    // Streams of changes rather than `changed()` per loop turn: a `changed()` future enqueues
+    // itself on the channel's waiter list, shared by every connection, and dequeues itself
+    // when a request wins the select, so each ACK took that list's lock twice per channel.
+    // A stream keeps its waiter between turns.
+    let mut published = WatchStream::from_changes(published);
+    let mut shutdown = WatchStream::from_changes(inner.shutdown.clone());
     let registration = inner.registry.register(ConnectionStatus {
         info: info.clone(),
         proxy: connection.proxy().clone(),
@@ -384,11 +390,10 @@ async fn serve_stream(
                         return Ok(());
                     }
                 },
-                changed = published.changed() => {
-                    if changed.is_err() {
+                changed = published.next() => {
+                    let Some(next) = changed else {
                         return Err(Status::unavailable("control plane shutting down"));
-                    }
-                    let next = published.borrow_and_update().clone();
+                    };
                     let affected = next.affected_since(current.version, connection.pod_key());
                     current = next;
                     let started = Instant::now();
@@ -401,7 +406,7 @@ async fn serve_stream(
                     }
                     ("push", out, computed)
                 }
-                _ = shutdown.changed() => {
+                _ = shutdown.next() => {
                     return Err(Status::unavailable("control plane shutting down"));
                 }
             }

@@ -1,5 +1,5 @@
-//! The tonic service over a real loopback gRPC connection: stream admission rules and a push
-//! reaching a connected client.
+//! The tonic service over a real loopback gRPC connection: stream admission rules, pushes
+//! reaching a connected client, and shutdown ending its stream.
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -22,7 +22,7 @@ struct Harness {
     ready: watch::Sender<bool>,
     publisher: Publisher,
     index: Index,
-    _shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
 }
 
 async fn start(ready: bool) -> Harness {
@@ -52,7 +52,7 @@ async fn start(ready: bool) -> Harness {
         ready: ready_tx,
         publisher,
         index,
-        _shutdown: shutdown_tx,
+        shutdown: shutdown_tx,
     }
 }
 
@@ -151,4 +151,56 @@ async fn endpoint_change_reaches_a_connected_client_as_eds_only() {
         .unwrap();
     assert_eq!(pushed.type_url, ENDPOINT, "endpoint changes push EDS only");
     assert_eq!(pushed.resources.len(), 1);
+}
+
+#[tokio::test]
+async fn every_publish_reaches_a_stream_and_shutdown_ends_it() {
+    let mut h = start(true).await;
+    let (tx, rx) = mpsc::channel(8);
+    let mut responses = h
+        .client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let cluster = "outbound|9080||reviews.default.svc.cluster.local";
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(5), responses.next())
+            .await
+            .expect("an answer within 5 s")
+    };
+    tx.send(request(CLUSTER, &[], "", true)).await.unwrap();
+    let cds = next().await.unwrap().unwrap();
+    tx.send(request(CLUSTER, &[], &cds.nonce, false))
+        .await
+        .unwrap();
+    tx.send(request(ENDPOINT, &[cluster], "", false))
+        .await
+        .unwrap();
+    let mut eds = next().await.unwrap().unwrap();
+    // Each publish after the last ACK is pushed: the stream waits for the next one again
+    // after every change it takes, with requests arriving in between.
+    for (pod, ip) in [("reviews-v2", "10.244.2.12"), ("reviews-v3", "10.244.3.13")] {
+        tx.send(request(ENDPOINT, &[cluster], &eds.nonce, false))
+            .await
+            .unwrap();
+        let changes = h.index.apply(Object::EndpointSlice(Arc::new(mk_slice(
+            "default",
+            "reviews",
+            &[("http", 9080)],
+            &[("reviews-v1", "10.244.1.11"), (pod, ip)],
+        ))));
+        h.publisher.publish(h.index.snapshot(), changes);
+        eds = next().await.unwrap().unwrap();
+        assert_eq!(eds.type_url, ENDPOINT);
+        // The address is a string field of the assignment, so its bytes appear as they are.
+        let body = String::from_utf8_lossy(&eds.resources[0].value).into_owned();
+        assert!(body.contains(ip), "the push for {pod} carries {ip}");
+    }
+    h.shutdown.send(true).unwrap();
+    let status = next()
+        .await
+        .expect("the stream ends with a status")
+        .expect_err("an error status");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
 }
