@@ -2,8 +2,8 @@
 //! reaching a connected client, and shutdown ending its stream.
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use meshpilot_model::fixtures::{mk_reviews_index, mk_slice};
 use meshpilot_model::{Index, Object};
 use meshpilot_translate::type_urls::{CLUSTER, ENDPOINT};
@@ -112,9 +112,21 @@ async fn streams_wait_for_the_initial_sync() {
     assert_eq!(cds.type_url, CLUSTER);
 }
 
-#[tokio::test]
-async fn endpoint_change_reaches_a_connected_client_as_eds_only() {
-    let mut h = start(true).await;
+const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
+
+type Responses = tonic::Streaming<DiscoveryResponse>;
+
+/// The next response, or the status that ended the stream, within 5 s.
+async fn next(responses: &mut Responses) -> Option<Result<DiscoveryResponse, tonic::Status>> {
+    tokio::time::timeout(Duration::from_secs(5), responses.next())
+        .await
+        .expect("an answer within 5 s")
+}
+
+/// An ADS stream that took CDS and the reviews EDS (not yet ACKed); with that EDS response.
+async fn subscribed_to_reviews(
+    h: &mut Harness,
+) -> (mpsc::Sender<DiscoveryRequest>, Responses, DiscoveryResponse) {
     let (tx, rx) = mpsc::channel(8);
     let mut responses = h
         .client
@@ -122,33 +134,39 @@ async fn endpoint_change_reaches_a_connected_client_as_eds_only() {
         .await
         .unwrap()
         .into_inner();
-    let cluster = "outbound|9080||reviews.default.svc.cluster.local";
     tx.send(request(CLUSTER, &[], "", true)).await.unwrap();
-    let cds = responses.next().await.unwrap().unwrap();
+    let cds = next(&mut responses).await.unwrap().unwrap();
     tx.send(request(CLUSTER, &[], &cds.nonce, false))
         .await
         .unwrap();
-    tx.send(request(ENDPOINT, &[cluster], "", false))
+    tx.send(request(ENDPOINT, &[REVIEWS], "", false))
         .await
         .unwrap();
-    let eds = responses.next().await.unwrap().unwrap();
+    let eds = next(&mut responses).await.unwrap().unwrap();
     assert_eq!(eds.type_url, ENDPOINT);
-    tx.send(request(ENDPOINT, &[cluster], &eds.nonce, false))
-        .await
-        .unwrap();
+    (tx, responses, eds)
+}
 
+/// Publishes reviews with the v1 pod and `pod` at `ip`.
+fn publish_reviews(h: &mut Harness, pod: &str, ip: &str) {
     let changes = h.index.apply(Object::EndpointSlice(Arc::new(mk_slice(
         "default",
         "reviews",
         &[("http", 9080)],
-        &[("reviews-v1", "10.244.1.11"), ("reviews-v2", "10.244.2.12")],
+        &[("reviews-v1", "10.244.1.11"), (pod, ip)],
     ))));
     h.publisher.publish(h.index.snapshot(), changes);
-    let pushed = tokio::time::timeout(Duration::from_secs(5), responses.next())
+}
+
+#[tokio::test]
+async fn endpoint_change_reaches_a_connected_client_as_eds_only() {
+    let mut h = start(true).await;
+    let (tx, mut responses, eds) = subscribed_to_reviews(&mut h).await;
+    tx.send(request(ENDPOINT, &[REVIEWS], &eds.nonce, false))
         .await
-        .expect("a push within 5 s")
-        .unwrap()
         .unwrap();
+    publish_reviews(&mut h, "reviews-v2", "10.244.2.12");
+    let pushed = next(&mut responses).await.unwrap().unwrap();
     assert_eq!(pushed.type_url, ENDPOINT, "endpoint changes push EDS only");
     assert_eq!(pushed.resources.len(), 1);
 }
@@ -156,49 +174,22 @@ async fn endpoint_change_reaches_a_connected_client_as_eds_only() {
 #[tokio::test]
 async fn every_publish_reaches_a_stream_and_shutdown_ends_it() {
     let mut h = start(true).await;
-    let (tx, rx) = mpsc::channel(8);
-    let mut responses = h
-        .client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let cluster = "outbound|9080||reviews.default.svc.cluster.local";
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(5), responses.next())
-            .await
-            .expect("an answer within 5 s")
-    };
-    tx.send(request(CLUSTER, &[], "", true)).await.unwrap();
-    let cds = next().await.unwrap().unwrap();
-    tx.send(request(CLUSTER, &[], &cds.nonce, false))
-        .await
-        .unwrap();
-    tx.send(request(ENDPOINT, &[cluster], "", false))
-        .await
-        .unwrap();
-    let mut eds = next().await.unwrap().unwrap();
+    let (tx, mut responses, mut eds) = subscribed_to_reviews(&mut h).await;
     // Each publish after the last ACK is pushed: the stream waits for the next one again
     // after every change it takes, with requests arriving in between.
     for (pod, ip) in [("reviews-v2", "10.244.2.12"), ("reviews-v3", "10.244.3.13")] {
-        tx.send(request(ENDPOINT, &[cluster], &eds.nonce, false))
+        tx.send(request(ENDPOINT, &[REVIEWS], &eds.nonce, false))
             .await
             .unwrap();
-        let changes = h.index.apply(Object::EndpointSlice(Arc::new(mk_slice(
-            "default",
-            "reviews",
-            &[("http", 9080)],
-            &[("reviews-v1", "10.244.1.11"), (pod, ip)],
-        ))));
-        h.publisher.publish(h.index.snapshot(), changes);
-        eds = next().await.unwrap().unwrap();
+        publish_reviews(&mut h, pod, ip);
+        eds = next(&mut responses).await.unwrap().unwrap();
         assert_eq!(eds.type_url, ENDPOINT);
         // The address is a string field of the assignment, so its bytes appear as they are.
         let body = String::from_utf8_lossy(&eds.resources[0].value).into_owned();
         assert!(body.contains(ip), "the push for {pod} carries {ip}");
     }
     h.shutdown.send(true).unwrap();
-    let status = next()
+    let status = next(&mut responses)
         .await
         .expect("the stream ends with a status")
         .expect_err("an error status");
