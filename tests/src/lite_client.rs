@@ -841,7 +841,7 @@ struct Followups {
 fn apply(
     state: &mut SidecarState,
     kind: Kind,
-    decoded: Vec<Decoded>,
+    decoded: &[Decoded],
     removed: &[Bytes],
     replace: bool,
     observe: bool,
@@ -872,7 +872,7 @@ fn apply(
             }
         }
         if kind == Kind::Listener {
-            Arc::make_mut(&mut state.routes_of_listener).insert(d.key, d.routes);
+            Arc::make_mut(&mut state.routes_of_listener).insert(d.key, d.routes.clone());
         }
         if kind == Kind::Route {
             if d.vhds {
@@ -885,7 +885,7 @@ fn apply(
         let delta = d.version.is_some();
         let held = Held {
             hash: d.hash,
-            version: d.version,
+            version: d.version.clone(),
         };
         let previous = Arc::make_mut(&mut t.held)
             .insert(d.key, held)
@@ -898,7 +898,9 @@ fn apply(
             register(d.key, &d.name);
         }
         if observe && previous != Some(d.hash) {
-            followups.changed.push((d.name, d.body, d.hash));
+            followups
+                .changed
+                .push((d.name.clone(), d.body.clone(), d.hash));
         }
     }
     for name in removed {
@@ -957,6 +959,8 @@ struct SharedResponse {
     /// Bytes of the resource bodies.
     bytes: u64,
     decoded: Vec<Decoded>,
+    /// Some route configuration in it names VHDS.
+    names_vhds: bool,
     /// What a sidecar holding nothing of the type holds after taking the response (built on
     /// first use: a response taken only into a non-empty table never needs it).
     tables: OnceLock<SharedTables>,
@@ -997,10 +1001,12 @@ fn shared_response(
         return Ok(known);
     }
     let (bytes, decoded) = decode_all(kind, raw, wire);
+    let decoded = decoded.map_err(|detail| (bytes, detail))?;
     let shared = Arc::new(SharedResponse {
         kind,
         bytes,
-        decoded: decoded.map_err(|detail| (bytes, detail))?,
+        names_vhds: decoded.iter().any(|d| d.vhds),
+        decoded,
         tables: OnceLock::new(),
     });
     MEMO.with_borrow_mut(|memo| {
@@ -1056,7 +1062,7 @@ impl SharedResponse {
     /// sidecar).
     fn can_share(&self, state: &SidecarState, kind: Kind, replace: bool) -> bool {
         let t = state.of(kind);
-        !self.decoded.iter().any(|d| d.vhds)
+        !self.names_vhds
             && (kind != Kind::Route || state.vhds_routes.is_empty())
             && (replace
                 || t.held.is_empty()
@@ -1072,7 +1078,7 @@ fn apply_shared(
     replace: bool,
 ) -> Followups {
     if !response.can_share(state, kind, replace) {
-        return apply(state, kind, response.decoded.clone(), &[], replace, false);
+        return apply(state, kind, &response.decoded, &[], replace, false);
     }
     let tables = response.tables();
     let t = &mut state.types[kind.index()];
@@ -1153,7 +1159,7 @@ fn nack_event(config: &SidecarConfig, kind: Kind, detail: String) {
 /// A response's resources, to take one by one (to tell an observer what changed, or to
 /// change what this sidecar holds) or to share the tables of.
 enum Taken {
-    Each(Vec<Decoded>),
+    Each(Arc<SharedResponse>),
     Shared(Arc<SharedResponse>),
 }
 
@@ -1170,7 +1176,7 @@ fn take(
 ) -> (u64, Result<Taken, String>) {
     match shared_response(kind, raw, wire) {
         Ok(shared) if shareable && !observe => (shared.bytes, Ok(Taken::Shared(shared))),
-        Ok(shared) => (shared.bytes, Ok(Taken::Each(shared.decoded.clone()))),
+        Ok(shared) => (shared.bytes, Ok(Taken::Each(shared))),
         Err((bytes, detail)) => (bytes, Err(detail)),
     }
 }
@@ -1249,7 +1255,9 @@ async fn run_sotw(
                 }
             };
             followups = match decoded {
-                Taken::Each(decoded) => apply(&mut s, kind, decoded, &[], kind.wildcard(), true),
+                Taken::Each(shared) => {
+                    apply(&mut s, kind, &shared.decoded, &[], kind.wildcard(), true)
+                }
                 Taken::Shared(shared) => apply_shared(&mut s, kind, &shared, kind.wildcard()),
             };
             s.types[kind.index()].version = response.version_info.clone();
@@ -1477,10 +1485,10 @@ fn take_delta_response(
         }
     };
     let followups = match decoded {
-        Taken::Each(decoded) => apply(
+        Taken::Each(shared) => apply(
             s,
             kind,
-            decoded,
+            &shared.decoded,
             &response.removed_resources,
             false,
             observe,
@@ -1689,22 +1697,22 @@ mod tests {
             decode(Kind::Cluster, &mk_eds_cluster("a", "")),
             decode(Kind::Cluster, &mk_eds_cluster("b", "")),
         ];
-        let applied = apply(&mut state, Kind::Cluster, clusters, &[], true, false);
+        let applied = apply(&mut state, Kind::Cluster, &clusters, &[], true, false);
         let (added, removed) = applied.eds.unwrap();
         assert_eq!((added.len(), removed.len()), (2, 0));
         check_complete(&mut state, Kind::Cluster, &mut f);
         let listeners = vec![decode(Kind::Listener, &mk_listener("l", "r"))];
-        apply(&mut state, Kind::Listener, listeners, &[], true, false);
+        apply(&mut state, Kind::Listener, &listeners, &[], true, false);
         check_complete(&mut state, Kind::Listener, &mut f);
         assert!(!state.is_complete());
         let eds = vec![decode(Kind::Endpoint, &mk_named(Kind::Endpoint, "a"))];
-        apply(&mut state, Kind::Endpoint, eds, &[], false, false);
+        apply(&mut state, Kind::Endpoint, &eds, &[], false, false);
         check_complete(&mut state, Kind::Endpoint, &mut f);
         assert!(!state.is_complete(), "b and the route are missing");
         let eds = vec![decode(Kind::Endpoint, &mk_named(Kind::Endpoint, "b"))];
-        apply(&mut state, Kind::Endpoint, eds, &[], false, false);
+        apply(&mut state, Kind::Endpoint, &eds, &[], false, false);
         let rds = vec![decode(Kind::Route, &mk_named(Kind::Route, "r"))];
-        apply(&mut state, Kind::Route, rds, &[], false, false);
+        apply(&mut state, Kind::Route, &rds, &[], false, false);
         check_complete(&mut state, Kind::Route, &mut f);
         assert!(state.is_complete());
         assert!(f.completed.is_some());
@@ -1713,10 +1721,10 @@ mod tests {
             decode(Kind::Cluster, &mk_eds_cluster("b", "")),
             decode(Kind::Cluster, &mk_eds_cluster("a", "")),
         ];
-        let applied = apply(&mut state, Kind::Cluster, same, &[], true, false);
+        let applied = apply(&mut state, Kind::Cluster, &same, &[], true, false);
         assert_eq!(applied.eds, Some((vec![], vec![])));
         let clusters = vec![decode(Kind::Cluster, &mk_eds_cluster("a", ""))];
-        let applied = apply(&mut state, Kind::Cluster, clusters, &[], true, false);
+        let applied = apply(&mut state, Kind::Cluster, &clusters, &[], true, false);
         assert_eq!(applied.eds, Some((vec![], vec![Bytes::from_static(b"b")])));
         assert_eq!(state.of(Kind::Cluster).held.len(), 1);
     }
@@ -1726,19 +1734,19 @@ mod tests {
         let mut state = SidecarState::new();
         let first = vec![decode(Kind::Endpoint, &mk_named(Kind::Endpoint, "a"))];
         assert_eq!(
-            apply(&mut state, Kind::Endpoint, first, &[], false, true)
+            apply(&mut state, Kind::Endpoint, &first, &[], false, true)
                 .changed
                 .len(),
             1
         );
         let again = vec![decode(Kind::Endpoint, &mk_named(Kind::Endpoint, "a"))];
         assert!(
-            apply(&mut state, Kind::Endpoint, again, &[], false, true)
+            apply(&mut state, Kind::Endpoint, &again, &[], false, true)
                 .changed
                 .is_empty()
         );
         let removed = [Bytes::from_static(b"a")];
-        apply(&mut state, Kind::Endpoint, vec![], &removed, false, true);
+        apply(&mut state, Kind::Endpoint, &[], &removed, false, true);
         assert!(state.of(Kind::Endpoint).held.is_empty());
     }
 
@@ -1839,7 +1847,7 @@ mod tests {
         let each_followups = apply(
             &mut each,
             Kind::Cluster,
-            first.decoded.clone(),
+            &first.decoded.clone(),
             &[],
             true,
             false,
@@ -1903,7 +1911,7 @@ mod tests {
         apply(
             &mut one,
             Kind::Endpoint,
-            vec![decode(
+            &[decode(
                 Kind::Endpoint,
                 &mk_named(Kind::Endpoint, "shared-c"),
             )],
@@ -1934,7 +1942,11 @@ mod tests {
         let Ok(Taken::Each(two)) = taken else {
             panic!("an observer is told of each resource")
         };
-        assert_eq!(one[0].body.as_ptr(), two[0].body.as_ptr(), "decoded once");
+        assert_eq!(
+            one.decoded[0].body.as_ptr(),
+            two.decoded[0].body.as_ptr(),
+            "decoded once"
+        );
         let (_, taken) = take(Kind::Endpoint, &again, Wire::Any, false, true);
         assert!(matches!(taken, Ok(Taken::Shared(_))));
         let (_, taken) = take(Kind::Endpoint, &again, Wire::Any, false, false);
@@ -1962,14 +1974,14 @@ mod tests {
         let name = "sotw-only";
         let d = decode(Kind::Endpoint, &mk_named(Kind::Endpoint, name));
         let key = d.key;
-        apply(&mut state, Kind::Endpoint, vec![d], &[], false, false);
+        apply(&mut state, Kind::Endpoint, &[d], &[], false, false);
         assert_eq!(registered(key), None);
         // A delta reconnect names it with its version.
         let name = "registered-on-first-sight";
         let mut d = decode(Kind::Endpoint, &mk_named(Kind::Endpoint, name));
         d.version = Some(HeldVersion::Hex(1));
         let key = d.key;
-        apply(&mut state, Kind::Endpoint, vec![d], &[], false, false);
+        apply(&mut state, Kind::Endpoint, &[d], &[], false, false);
         assert_eq!(registered(key).as_deref(), Some(name.as_bytes()));
     }
 
@@ -2031,9 +2043,9 @@ mod tests {
             d
         };
         let clusters = vec![held("reconnect-a", 0xa), held("reconnect-b", 0xb)];
-        apply(&mut state, Kind::Cluster, clusters, &[], false, false);
+        apply(&mut state, Kind::Cluster, &clusters, &[], false, false);
         let removed = [Bytes::from_static(b"reconnect-b")];
-        apply(&mut state, Kind::Cluster, vec![], &removed, false, false);
+        apply(&mut state, Kind::Cluster, &[], &removed, false, false);
         let request = reconnect_request(&state, Kind::Cluster);
         assert_eq!(
             request.initial_resource_versions,
