@@ -1163,6 +1163,24 @@ enum Taken {
     Shared(Arc<SharedResponse>),
 }
 
+impl Taken {
+    /// Applies the response to the sidecar's state, as [`apply`] does (`removed` is empty
+    /// whenever the tables are shared: `take` shares only first or replacing responses).
+    fn apply_to(
+        &self,
+        state: &mut SidecarState,
+        kind: Kind,
+        removed: &[Bytes],
+        replace: bool,
+        observe: bool,
+    ) -> Followups {
+        match self {
+            Taken::Each(shared) => apply(state, kind, &shared.decoded, removed, replace, observe),
+            Taken::Shared(shared) => apply_shared(state, kind, shared, replace),
+        }
+    }
+}
+
 /// Decodes a response's resources through the memo of identical responses (under endpoint
 /// churn nearly every sidecar is sent the same pushes too: ~540 distinct of 400,000 delta
 /// responses at 5,000 sidecars). Its tables can be shared when `shareable` and nobody
@@ -1254,12 +1272,7 @@ async fn run_sotw(
                     continue;
                 }
             };
-            followups = match decoded {
-                Taken::Each(shared) => {
-                    apply(&mut s, kind, &shared.decoded, &[], kind.wildcard(), true)
-                }
-                Taken::Shared(shared) => apply_shared(&mut s, kind, &shared, kind.wildcard()),
-            };
+            followups = decoded.apply_to(&mut s, kind, &[], kind.wildcard(), observe);
             s.types[kind.index()].version = response.version_info.clone();
             tx.send(request(
                 kind,
@@ -1484,17 +1497,7 @@ fn take_delta_response(
             return (reply, None);
         }
     };
-    let followups = match decoded {
-        Taken::Each(shared) => apply(
-            s,
-            kind,
-            &shared.decoded,
-            &response.removed_resources,
-            false,
-            observe,
-        ),
-        Taken::Shared(shared) => apply_shared(s, kind, &shared, false),
-    };
+    let followups = decoded.apply_to(s, kind, &response.removed_resources, false, observe);
     s.types[kind.index()].version = response.system_version_info.clone();
     (reply, Some(followups))
 }
