@@ -80,6 +80,12 @@ pub struct DiscoveryArgs {
     /// sends them inline, and virtual host names become `<route configuration>/<host>`.
     #[arg(long)]
     pub vhds: bool,
+    /// Pushes of config changes that may be un-ACKed at once, over all proxies (istiod's
+    /// `PILOT_PUSH_THROTTLE`). Proxies owed a change queue for a turn in order; a proxy holds its
+    /// turn until it answers (for at most a second). Answers to a proxy's own requests do not
+    /// queue.
+    #[arg(long, default_value_t = meshpilot_xds::DEFAULT_PUSH_THROTTLE)]
+    pub push_throttle: usize,
     /// gRPC keepalive ping interval.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub keepalive_interval: Duration,
@@ -165,7 +171,8 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
         shutdown.clone(),
         metrics.clone(),
         control_plane_id,
-    );
+    )
+    .with_push_throttle(args.push_throttle);
     let registry = service.registry();
 
     let mut sans = vec![

@@ -7,7 +7,8 @@
 //! - a NACK is logged and counted, and nothing is resent: the proxy keeps its last accepted
 //!   config until a newer change produces different resources;
 //! - at most one push per type is un-ACKed; a change arriving meanwhile is owed and pushed on
-//!   the ACK;
+//!   the ACK, or, when the edge queues change pushes ([`Connection::queue_change_pushes`]),
+//!   once the edge calls [`Connection::push_owed`];
 //! - what is sent is a diff against what the proxy is known to hold, so a proxy whose
 //!   config did not change is sent nothing;
 //! - LDS/CDS are wildcard; EDS/RDS follow the names the proxy subscribes to; VHDS names a route
@@ -181,6 +182,8 @@ pub struct Connection {
     nacks: Vec<Nack>,
     /// A VHDS stream's route configuration, named by the stream rather than its requests.
     virtual_host_scope: Option<Arc<str>>,
+    /// Owed changes wait for [`Connection::push_owed`] instead of following the ACK.
+    queue_change_pushes: bool,
 }
 
 impl Connection {
@@ -197,6 +200,7 @@ impl Connection {
             control_plane: control_plane_id.into(),
             nacks: Vec::new(),
             virtual_host_scope: None,
+            queue_change_pushes: false,
         }
     }
 
@@ -227,6 +231,41 @@ impl Connection {
     /// Some type has a change waiting for the proxy to answer its previous response.
     pub fn owes_push(&self) -> bool {
         self.watches.values().any(|w| w.owed)
+    }
+
+    /// Changes owed to the proxy are no longer pushed when it answers the push in flight: the
+    /// edge decides when, through [`Connection::push_owed`], so that proxies take turns under
+    /// load instead of each being pushed again the moment it ACKs. Answers to requests (a first
+    /// request, new names, endpoints resent after clusters changed) are not held back.
+    pub fn queue_change_pushes(&mut self) {
+        self.queue_change_pushes = true;
+    }
+
+    /// Some type is owed a change and has no push in flight: [`Connection::push_owed`] would
+    /// send something.
+    pub fn can_push_owed(&self) -> bool {
+        self.watches.values().any(|w| w.owed && !w.pending)
+    }
+
+    /// Some push is neither ACKed nor NACKed yet.
+    pub fn awaits_answer(&self) -> bool {
+        self.watches.values().any(|w| w.pending)
+    }
+
+    /// Pushes what is owed to every type with no push in flight.
+    pub fn push_owed(&mut self, ctx: &PushContext) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for kind in ResourceType::PUSH_ORDER {
+            let url = kind.type_url();
+            let Some(watch) = self.watches.get_mut(url) else {
+                continue;
+            };
+            if watch.owed && !watch.pending && watch.responded {
+                watch.owed = false;
+                out.extend(self.reply(url, ctx, false, None));
+            }
+        }
+        out
     }
 
     /// NACKs recorded since the last call.
@@ -288,7 +327,8 @@ impl Connection {
         let resubscribed = !watch.wildcard && watch.update_names(&req, ctx);
         watch.acked_nonce = Some(req.response_nonce);
         watch.last_error = None;
-        if resubscribed || watch.owed || watch.owed_full {
+        let owed_now = watch.owed && !self.queue_change_pushes;
+        if resubscribed || owed_now || watch.owed_full {
             // New names are answered now; dropped ones leave what the proxy is known to hold.
             watch.owed = false;
             return self.reply(&req.type_url, ctx, false, None);
@@ -466,7 +506,8 @@ impl Connection {
     /// After an ACK or NACK: deliver what became owed while the push was in flight.
     fn settle_owed(&mut self, type_url: &str, ctx: &PushContext) -> Vec<Outgoing> {
         let watch = self.watches.get_mut(type_url).expect("watch exists");
-        if !(watch.owed || watch.owed_full) {
+        let owed_now = watch.owed && !self.queue_change_pushes;
+        if !(owed_now || watch.owed_full) {
             return Vec::new();
         }
         watch.owed = false;

@@ -33,5 +33,5 @@ pub use resources::{
     CacheOptions, NameSet, Resource, ResourceCache, ResourceSet, Resources, SetDiff,
 };
 pub use response::{DeltaResponse, SotwResponse};
-pub use server::{AdsService, VhdsServer};
+pub use server::{AdsService, DEFAULT_PUSH_THROTTLE, VhdsServer};
 pub use types::{ByTypeUrl, ResourceType, TypeSet, affected_types};

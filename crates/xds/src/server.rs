@@ -32,6 +32,13 @@ use tracing::Instrument;
 /// proxy then stops being fed, but its task keeps only the latest published state.
 const STREAM_BUFFER: usize = 8;
 
+/// Change pushes un-ACKed at once over all streams, by default (istiod's `PILOT_PUSH_THROTTLE`).
+pub const DEFAULT_PUSH_THROTTLE: usize = 100;
+
+/// A proxy that has not answered a change push after this long gives up its turn (it keeps
+/// its push in flight; it just stops holding others back).
+const TURN_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The ADS service. Clone-cheap; one instance serves both the plaintext and the TLS port.
 #[derive(Clone)]
 pub struct AdsService {
@@ -47,6 +54,11 @@ struct Inner {
     connection_counter: AtomicU64,
     metrics: Arc<XdsMetrics>,
     registry: Arc<ConnectionRegistry>,
+    /// Turns to push a change: a stream holds one from its push until the proxy answers it.
+    /// The semaphore is fair, so under load proxies are pushed in the order they became
+    /// owed, each once per round with everything that changed meanwhile, and a push reaches
+    /// the proxy past short queues rather than behind one push in flight per proxy.
+    push_turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdsService {
@@ -66,8 +78,16 @@ impl AdsService {
                 connection_counter: AtomicU64::new(0),
                 metrics,
                 registry: Arc::default(),
+                push_turns: Arc::new(tokio::sync::Semaphore::new(DEFAULT_PUSH_THROTTLE)),
             }),
         }
+    }
+
+    /// At most `limit` change pushes un-ACKed at once (at least one). Call before cloning.
+    pub fn with_push_throttle(mut self, limit: usize) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("set before the service is cloned");
+        inner.push_turns = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+        self
     }
 
     /// The connections this service holds, for the debug endpoints.
@@ -339,6 +359,7 @@ async fn serve_stream(
         metadata,
     });
     let mut connection = Connection::new(id, proxy, flavor, &inner.control_plane_id);
+    connection.queue_change_pushes();
     if let Served::Vhds {
         route_config: Some(route_config),
     } = &stream
@@ -364,6 +385,9 @@ async fn serve_stream(
         last_push: None,
     });
     let mut delivery = Delivery::default();
+    let mut turn = Turn::default();
+    // Types published changes may have touched since this proxy was last pushed.
+    let mut deferred = TypeSet::default();
     let mut request = Some(first);
     // The types whose watches the last request or push changed (`None`: maybe any).
     let mut touched: Option<TypeSet>;
@@ -390,21 +414,41 @@ async fn serve_stream(
                         return Ok(());
                     }
                 },
-                changed = published.next() => {
+                // A stream waiting for its turn reads the latest snapshot when it comes.
+                changed = published.next(), if !turn.waiting() => {
                     let Some(next) = changed else {
                         return Err(Status::unavailable("control plane shutting down"));
                     };
                     let affected = next.affected_since(current.version, connection.pod_key());
                     current = next;
+                    if affected.is_empty() {
+                        continue;
+                    }
+                    // Converged once nothing for this (or an earlier) publish is owed.
+                    delivery.converging.get_or_insert(current.published_at);
+                    if !turn.held() {
+                        deferred = deferred.union(affected);
+                        turn.want(&inner.push_turns);
+                        continue;
+                    }
                     let started = Instant::now();
                     touched = Some(TypeSet::default());
                     let out = connection.on_push(&context(&current), affected);
-                    let computed = started.elapsed();
-                    if !out.is_empty() || connection.owes_push() {
-                        // Converged once nothing for this (or an earlier) publish is owed.
-                        delivery.converging.get_or_insert(current.published_at);
+                    ("push", out, started.elapsed())
+                }
+                granted = turn.next_event() => {
+                    if !granted {
+                        continue; // the turn ran out
                     }
-                    ("push", out, computed)
+                    let latest = inner.published.borrow().clone();
+                    deferred = deferred.union(latest.affected_since(current.version, connection.pod_key()));
+                    current = latest;
+                    let started = Instant::now();
+                    touched = Some(TypeSet::default());
+                    let ctx = context(&current);
+                    let mut out = connection.on_push(&ctx, std::mem::take(&mut deferred));
+                    out.extend(connection.push_owed(&ctx));
+                    ("push", out, started.elapsed())
                 }
                 _ = shutdown.next() => {
                     return Err(Status::unavailable("control plane shutting down"));
@@ -442,7 +486,14 @@ async fn serve_stream(
             }
             delivery.last_push = Some(now);
         }
-        if !connection.owes_push()
+        if !connection.awaits_answer() {
+            turn.give_back();
+        }
+        if !deferred.is_empty() || connection.can_push_owed() {
+            turn.want(&inner.push_turns);
+        }
+        if deferred.is_empty()
+            && !connection.owes_push()
             && let Some(since) = delivery.converging.take()
         {
             inner.metrics.observe_convergence(since.elapsed());
@@ -456,6 +507,57 @@ async fn serve_stream(
                 delivery.last_push,
             );
         });
+    }
+}
+
+/// A stream's place in the push queue: waiting for a turn, holding one, or neither.
+#[derive(Default)]
+struct Turn {
+    waiting: Option<BoxFuture<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    /// The turn, and when it runs out. Dropped as soon as the proxy answers, so that its timer
+    /// never fires for a turn already given back.
+    held: Option<(
+        Option<tokio::sync::OwnedSemaphorePermit>,
+        Pin<Box<tokio::time::Sleep>>,
+    )>,
+}
+
+impl Turn {
+    fn held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    fn waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// Queues for a turn, unless holding or waiting for one already.
+    fn want(&mut self, turns: &Arc<tokio::sync::Semaphore>) {
+        if self.held.is_none() && self.waiting.is_none() {
+            let turns = turns.clone();
+            self.waiting = Some(Box::pin(async move { turns.acquire_owned().await.ok() }));
+        }
+    }
+
+    /// `true` once a turn is granted; `false` when a held turn runs out (the proxy is slow to
+    /// answer, so others go first). Never resolves while neither waiting nor holding.
+    async fn next_event(&mut self) -> bool {
+        if let Some(waiting) = self.waiting.as_mut() {
+            let permit = waiting.await;
+            self.waiting = None;
+            self.held = Some((permit, Box::pin(tokio::time::sleep(TURN_TIMEOUT))));
+            return true;
+        }
+        let Some((_, expires)) = self.held.as_mut() else {
+            return std::future::pending().await;
+        };
+        expires.await;
+        self.held = None;
+        false
+    }
+
+    fn give_back(&mut self) {
+        self.held = None;
     }
 }
 

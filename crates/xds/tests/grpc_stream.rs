@@ -1,5 +1,6 @@
 //! The tonic service over a real loopback gRPC connection: stream admission rules, pushes
-//! reaching a connected client, and shutdown ending its stream.
+//! reaching a connected client, proxies taking turns for change pushes, and shutdown ending
+//! its stream.
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -26,6 +27,10 @@ struct Harness {
 }
 
 async fn start(ready: bool) -> Harness {
+    start_with_throttle(ready, meshpilot_xds::DEFAULT_PUSH_THROTTLE).await
+}
+
+async fn start_with_throttle(ready: bool, push_throttle: usize) -> Harness {
     let mut index = mk_reviews_index(&["v1"]);
     let (publisher, published) = Publisher::new(index.snapshot());
     let (ready_tx, ready_rx) = watch::channel(ready);
@@ -36,7 +41,8 @@ async fn start(ready: bool) -> Harness {
         shutdown_rx,
         Arc::new(XdsMetrics::default()),
         "test".into(),
-    );
+    )
+    .with_push_throttle(push_throttle);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -194,4 +200,72 @@ async fn every_publish_reaches_a_stream_and_shutdown_ends_it() {
         .expect("the stream ends with a status")
         .expect_err("an error status");
     assert_eq!(status.code(), tonic::Code::Unavailable);
+}
+
+/// A response on `responses` within `wait`, or None.
+async fn within(responses: &mut Responses, wait: Duration) -> Option<DiscoveryResponse> {
+    match tokio::time::timeout(wait, responses.next()).await {
+        Ok(item) => Some(item.expect("the stream goes on").expect("a response")),
+        Err(_) => None,
+    }
+}
+
+/// Which of two streams is pushed first, and its push.
+async fn first_push(
+    streams: &mut [(mpsc::Sender<DiscoveryRequest>, Responses)],
+) -> (usize, DiscoveryResponse) {
+    let [(_, a), (_, b)] = streams else {
+        panic!("two streams")
+    };
+    tokio::select! {
+        r = next(a) => (0, r.unwrap().unwrap()),
+        r = next(b) => (1, r.unwrap().unwrap()),
+    }
+}
+
+#[tokio::test]
+async fn proxies_take_turns_for_change_pushes_and_a_silent_one_gives_its_turn_up() {
+    // One turn: a change push is un-ACKed on one stream at a time.
+    let mut h = start_with_throttle(true, 1).await;
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let (tx, responses, eds) = subscribed_to_reviews(&mut h).await;
+        tx.send(request(ENDPOINT, &[REVIEWS], &eds.nonce, false))
+            .await
+            .unwrap();
+        streams.push((tx, responses));
+    }
+    let short = Duration::from_millis(300);
+    publish_reviews(&mut h, "reviews-v2", "10.244.2.12");
+    let (first, second) = first_push(&mut streams).await;
+    let other = 1 - first;
+    assert_eq!(second.type_url, ENDPOINT);
+    assert!(
+        within(&mut streams[other].1, short).await.is_none(),
+        "the other stream waits while the first push is un-ACKed"
+    );
+    // The first proxy answers: the turn passes at once.
+    let ack = request(ENDPOINT, &[REVIEWS], &second.nonce, false);
+    streams[first].0.send(ack).await.unwrap();
+    let pushed = within(&mut streams[other].1, Duration::from_secs(5)).await;
+    let pushed = pushed.expect("pushed once the first proxy ACKed");
+    let ack = request(ENDPOINT, &[REVIEWS], &pushed.nonce, false);
+    streams[other].0.send(ack).await.unwrap();
+
+    // Next change: whoever is pushed first stays silent; the other is pushed anyway once the
+    // silent one's turn runs out (a second), not never.
+    publish_reviews(&mut h, "reviews-v3", "10.244.3.13");
+    let started = tokio::time::Instant::now();
+    let (first, _) = first_push(&mut streams).await;
+    let other = 1 - first;
+    let late = within(&mut streams[other].1, Duration::from_secs(5)).await;
+    assert!(
+        late.is_some(),
+        "pushed after the silent proxy's turn ran out"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800),
+        "the second push waited for the turn to run out, not {waited:?}"
+    );
 }

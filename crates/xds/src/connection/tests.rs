@@ -267,6 +267,73 @@ fn at_most_one_unacked_push_per_type() {
 }
 
 #[test]
+fn queued_change_pushes_wait_for_push_owed_after_the_ack() {
+    let mut mesh = Mesh::new();
+    let (mut c, _) = synced_sotw(&mesh);
+    c.queue_change_pushes();
+    let affected = mesh.change(vec![vs(50, 50)]);
+    let first = one(c.on_push(&mesh.ctx(), affected));
+    assert!(c.awaits_answer());
+    let affected = mesh.change(vec![vs(60, 40)]);
+    assert!(c.on_push(&mesh.ctx(), affected).is_empty());
+    assert!(!c.can_push_owed(), "owed, but the first push is in flight");
+    let ctx = mesh.ctx();
+    assert!(
+        c.on_sotw_request(sotw(ROUTE, &["9080"], &first.nonce), &ctx)
+            .is_empty(),
+        "the ACK does not push what is owed"
+    );
+    assert!(!c.awaits_answer());
+    assert!(c.can_push_owed());
+    let owed = one(c.push_owed(&ctx));
+    assert_eq!(owed.type_url, ROUTE);
+    assert!(!c.can_push_owed() && c.awaits_answer());
+    assert!(c.push_owed(&ctx).is_empty(), "nothing is owed twice");
+}
+
+#[test]
+fn queued_change_pushes_still_rewarm_endpoints_and_answer_new_names() {
+    let mut mesh = Mesh::new();
+    let (mut c, _) = synced_sotw(&mesh);
+    c.queue_change_pushes();
+    let slice = |ips: &[(&'static str, &'static str)]| {
+        Object::EndpointSlice(Arc::new(mk_slice(
+            "default",
+            "reviews",
+            &[("http", 9080)],
+            ips,
+        )))
+    };
+    let affected = mesh.change(vec![slice(&[("reviews-v1", "10.244.1.11")])]);
+    let eds = one(c.on_push(&mesh.ctx(), affected));
+    assert_eq!(eds.type_url, ENDPOINT);
+    // Clusters change while that EDS push is in flight: CDS goes out, and the updated
+    // clusters, warming, need their endpoints on the proxy's next EDS request.
+    let affected = mesh.change(vec![mk_destination_rule(
+        "default",
+        "reviews",
+        "host: reviews\ntrafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\nsubsets:\n- {name: v1, labels: {version: v1}}\n- {name: v2, labels: {version: v2}}\n",
+    )]);
+    let ctx = mesh.ctx();
+    let types: Vec<String> = c
+        .on_push(&ctx, affected)
+        .iter()
+        .map(|o| o.type_url().to_string())
+        .collect();
+    assert_eq!(types, [CLUSTER]);
+    let ack = sotw(ENDPOINT, &[V1, V2], &eds.nonce);
+    let rewarmed = one(c.on_sotw_request(ack, &ctx));
+    assert_eq!(names_of_assignments(&rewarmed), [V1, V2], "not queued");
+    // A name newly subscribed is answered at once as well.
+    let default = "outbound|9080||reviews.default.svc.cluster.local";
+    let ack = sotw(ENDPOINT, &[V1, V2, default], &rewarmed.nonce);
+    assert_eq!(
+        names_of_assignments(&one(c.on_sotw_request(ack, &ctx))),
+        [default]
+    );
+}
+
+#[test]
 fn endpoint_change_is_an_eds_only_push_of_changed_clusters() {
     let mut mesh = Mesh::new();
     let (mut c, _) = synced_sotw(&mesh);
