@@ -247,9 +247,11 @@ impl Connection {
         self.watches.values().any(|w| w.owed && !w.pending)
     }
 
-    /// Some push is neither ACKed nor NACKed yet.
-    pub fn awaits_answer(&self) -> bool {
-        self.watches.values().any(|w| w.pending)
+    /// A push of one of `types` is neither ACKed nor NACKed yet.
+    pub fn awaits_answer(&self, types: TypeSet) -> bool {
+        self.watches.iter().any(|(url, w)| {
+            w.pending && ResourceType::from_type_url(url).is_some_and(|t| types.contains(t))
+        })
     }
 
     /// Pushes what is owed to every type with no push in flight.

@@ -78,6 +78,7 @@ pub struct XdsMetrics {
     config_size: SizeHistograms,
     push_time: Histogram,
     convergence: Histogram,
+    queue_time: Histogram,
     debounce: Histogram,
     services: Gauge,
     virtual_services: Gauge,
@@ -129,6 +130,12 @@ impl XdsMetrics {
             "Seconds from publishing a config change until a proxy has been sent every type it \
              needs for it",
             convergence.clone(),
+        );
+        let queue_time = Histogram::new([0.001, 0.01, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0]);
+        registry.register(
+            "pilot_proxy_queue_time",
+            "Seconds a proxy owed a config change waited for its turn to be pushed",
+            queue_time.clone(),
         );
         // Istio's buckets start at 10 ms; pushes here usually take far less, so finer ones first.
         let push_time = Histogram::new([
@@ -192,6 +199,7 @@ impl XdsMetrics {
             config_size,
             push_time,
             convergence,
+            queue_time,
             debounce,
             services,
             virtual_services,
@@ -252,6 +260,10 @@ impl XdsMetrics {
 
     pub fn observe_convergence(&self, elapsed: Duration) {
         self.convergence.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_queue_time(&self, elapsed: Duration) {
+        self.queue_time.observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_debounce(&self, elapsed: Duration) {
@@ -435,6 +447,7 @@ mod tests {
         m.observe_convergence(Duration::from_millis(250));
         m.observe_push_time(Duration::from_micros(300));
         m.observe_debounce(Duration::from_millis(120));
+        m.observe_queue_time(Duration::from_millis(40));
         m.set_config_counts(7, 2);
         let text = m.encode();
         assert_eq!(
@@ -447,6 +460,14 @@ mod tests {
         );
         assert_eq!(sample(&text, "pilot_xds_push_time_count"), Some("1"));
         assert_eq!(sample(&text, "pilot_debounce_time_count"), Some("1"));
+        assert_eq!(
+            sample(&text, r#"pilot_proxy_queue_time_bucket{le="0.1"}"#),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, r#"pilot_proxy_queue_time_bucket{le="0.01"}"#),
+            Some("0")
+        );
         assert_eq!(sample(&text, "pilot_services"), Some("7"));
         assert_eq!(sample(&text, "pilot_virt_services"), Some("2"));
     }

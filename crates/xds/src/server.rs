@@ -436,10 +436,11 @@ async fn serve_stream(
                     let out = connection.on_push(&context(&current), affected);
                     ("push", out, started.elapsed())
                 }
-                granted = turn.next_event() => {
-                    if !granted {
-                        continue; // the turn ran out
-                    }
+                event = turn.next_event() => {
+                    let TurnEvent::Granted(waited) = event else {
+                        continue;
+                    };
+                    inner.metrics.observe_queue_time(waited);
                     let latest = inner.published.borrow().clone();
                     deferred = deferred.union(latest.affected_since(current.version, connection.pod_key()));
                     current = latest;
@@ -470,6 +471,7 @@ async fn serve_stream(
         }
         for response in outgoing {
             touched = touch(touched, response.type_url());
+            turn.pushed(response.type_url());
             let type_url = type_url_key(response.type_url());
             let bytes = response.resource_bytes();
             if sink.send(Ok(Box::new(response))).await.is_err() {
@@ -486,7 +488,7 @@ async fn serve_stream(
             }
             delivery.last_push = Some(now);
         }
-        if !connection.awaits_answer() {
+        if !connection.awaits_answer(turn.pushed_types()) {
             turn.give_back();
         }
         if !deferred.is_empty() || connection.can_push_owed() {
@@ -513,13 +515,29 @@ async fn serve_stream(
 /// A stream's place in the push queue: waiting for a turn, holding one, or neither.
 #[derive(Default)]
 struct Turn {
-    waiting: Option<BoxFuture<Option<tokio::sync::OwnedSemaphorePermit>>>,
-    /// The turn, and when it runs out. Dropped as soon as the proxy answers, so that its timer
-    /// never fires for a turn already given back.
-    held: Option<(
-        Option<tokio::sync::OwnedSemaphorePermit>,
-        Pin<Box<tokio::time::Sleep>>,
+    /// Since when, and the wait itself.
+    waiting: Option<(
+        Instant,
+        BoxFuture<Option<tokio::sync::OwnedSemaphorePermit>>,
     )>,
+    held: Option<HeldTurn>,
+}
+
+/// Dropped as soon as the proxy answers what was pushed under it, so that its timer never
+/// fires for a turn already given back.
+struct HeldTurn {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    expires: Pin<Box<tokio::time::Sleep>>,
+    /// The types pushed while holding the turn.
+    pushed: TypeSet,
+}
+
+/// What happened to a stream's turn.
+enum TurnEvent {
+    /// Granted after waiting this long.
+    Granted(Duration),
+    /// A held turn ran out: the proxy is slow to answer, so others go first.
+    Expired,
 }
 
 impl Turn {
@@ -535,25 +553,42 @@ impl Turn {
     fn want(&mut self, turns: &Arc<tokio::sync::Semaphore>) {
         if self.held.is_none() && self.waiting.is_none() {
             let turns = turns.clone();
-            self.waiting = Some(Box::pin(async move { turns.acquire_owned().await.ok() }));
+            let wait = Box::pin(async move { turns.acquire_owned().await.ok() });
+            self.waiting = Some((Instant::now(), wait));
         }
     }
 
-    /// `true` once a turn is granted; `false` when a held turn runs out (the proxy is slow to
-    /// answer, so others go first). Never resolves while neither waiting nor holding.
-    async fn next_event(&mut self) -> bool {
-        if let Some(waiting) = self.waiting.as_mut() {
-            let permit = waiting.await;
+    /// Never resolves while neither waiting nor holding.
+    async fn next_event(&mut self) -> TurnEvent {
+        if let Some((since, wait)) = self.waiting.as_mut() {
+            let permit = wait.await;
+            let waited = since.elapsed();
             self.waiting = None;
-            self.held = Some((permit, Box::pin(tokio::time::sleep(TURN_TIMEOUT))));
-            return true;
+            self.held = Some(HeldTurn {
+                _permit: permit,
+                expires: Box::pin(tokio::time::sleep(TURN_TIMEOUT)),
+                pushed: TypeSet::default(),
+            });
+            return TurnEvent::Granted(waited);
         }
-        let Some((_, expires)) = self.held.as_mut() else {
+        let Some(held) = self.held.as_mut() else {
             return std::future::pending().await;
         };
-        expires.await;
+        held.expires.as_mut().await;
         self.held = None;
-        false
+        TurnEvent::Expired
+    }
+
+    /// Notes a response sent while holding the turn.
+    fn pushed(&mut self, type_url: &str) {
+        if let Some(held) = self.held.as_mut() {
+            held.pushed = touch(Some(held.pushed), type_url).unwrap_or(TypeSet::ALL);
+        }
+    }
+
+    /// The types pushed under the held turn (none when not holding one).
+    fn pushed_types(&self) -> TypeSet {
+        self.held.as_ref().map(|h| h.pushed).unwrap_or_default()
     }
 
     fn give_back(&mut self) {

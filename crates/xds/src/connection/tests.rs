@@ -273,7 +273,7 @@ fn queued_change_pushes_wait_for_push_owed_after_the_ack() {
     c.queue_change_pushes();
     let affected = mesh.change(vec![vs(50, 50)]);
     let first = one(c.on_push(&mesh.ctx(), affected));
-    assert!(c.awaits_answer());
+    assert!(c.awaits_answer(TypeSet::ALL));
     let affected = mesh.change(vec![vs(60, 40)]);
     assert!(c.on_push(&mesh.ctx(), affected).is_empty());
     assert!(!c.can_push_owed(), "owed, but the first push is in flight");
@@ -283,11 +283,17 @@ fn queued_change_pushes_wait_for_push_owed_after_the_ack() {
             .is_empty(),
         "the ACK does not push what is owed"
     );
-    assert!(!c.awaits_answer());
+    assert!(!c.awaits_answer(TypeSet::ALL));
     assert!(c.can_push_owed());
     let owed = one(c.push_owed(&ctx));
     assert_eq!(owed.type_url, ROUTE);
-    assert!(!c.can_push_owed() && c.awaits_answer());
+    assert!(!c.can_push_owed() && c.awaits_answer(TypeSet::ALL));
+    let mut clusters = TypeSet::default();
+    clusters.insert(ResourceType::Cluster);
+    assert!(
+        !c.awaits_answer(clusters),
+        "only the route push is in flight"
+    );
     assert!(c.push_owed(&ctx).is_empty(), "nothing is owed twice");
 }
 
