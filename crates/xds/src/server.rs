@@ -474,6 +474,11 @@ async fn serve_stream(
             turn.pushed(response.type_url());
             let type_url = type_url_key(response.type_url());
             let bytes = response.resource_bytes();
+            if sink.capacity() == 0 {
+                // The proxy is not reading: waiting here, the stream would not see its turn run
+                // out, and one of the throttle's slots would be gone for good.
+                turn.give_back();
+            }
             if sink.send(Ok(Box::new(response))).await.is_err() {
                 inner.metrics.count_send_error(&type_url);
                 return Ok(());
