@@ -442,7 +442,8 @@ async fn serve_stream(
                     };
                     inner.metrics.observe_queue_time(waited);
                     let latest = inner.published.borrow().clone();
-                    deferred = deferred.union(latest.affected_since(current.version, connection.pod_key()));
+                    let missed = latest.affected_since(current.version, connection.pod_key());
+                    deferred = deferred.union(missed);
                     current = latest;
                     let started = Instant::now();
                     touched = Some(TypeSet::default());
