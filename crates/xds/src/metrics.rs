@@ -450,24 +450,17 @@ mod tests {
         m.observe_queue_time(Duration::from_millis(40));
         m.set_config_counts(7, 2);
         let text = m.encode();
-        assert_eq!(
-            sample(&text, r#"pilot_proxy_convergence_time_bucket{le="0.5"}"#),
-            Some("1")
-        );
-        assert_eq!(
-            sample(&text, r#"pilot_proxy_convergence_time_bucket{le="0.1"}"#),
-            Some("0")
-        );
+        // Each observation is counted in its bucket and not in the one below it.
+        for (histogram, holding, below) in [
+            ("pilot_proxy_convergence_time", "0.5", "0.1"),
+            ("pilot_proxy_queue_time", "0.1", "0.01"),
+        ] {
+            let bucket = |le: &str| sample(&text, &format!("{histogram}_bucket{{le=\"{le}\"}}"));
+            assert_eq!(bucket(holding), Some("1"), "{histogram}");
+            assert_eq!(bucket(below), Some("0"), "{histogram}");
+        }
         assert_eq!(sample(&text, "pilot_xds_push_time_count"), Some("1"));
         assert_eq!(sample(&text, "pilot_debounce_time_count"), Some("1"));
-        assert_eq!(
-            sample(&text, r#"pilot_proxy_queue_time_bucket{le="0.1"}"#),
-            Some("1")
-        );
-        assert_eq!(
-            sample(&text, r#"pilot_proxy_queue_time_bucket{le="0.01"}"#),
-            Some("0")
-        );
         assert_eq!(sample(&text, "pilot_services"), Some("7"));
         assert_eq!(sample(&text, "pilot_virt_services"), Some("2"));
     }
