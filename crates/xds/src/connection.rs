@@ -249,8 +249,8 @@ impl Connection {
 
     /// A push of one of `types` is neither ACKed nor NACKed yet.
     pub fn awaits_answer(&self, types: TypeSet) -> bool {
-        self.watches.iter().any(|(url, w)| {
-            w.pending && ResourceType::from_type_url(url).is_some_and(|t| types.contains(t))
+        ResourceType::PUSH_ORDER.into_iter().any(|kind| {
+            types.contains(kind) && self.watches.get(kind.type_url()).is_some_and(|w| w.pending)
         })
     }
 

@@ -129,9 +129,9 @@ impl Incoming {
 }
 
 /// Adds a type to the set of touched watches; a type outside the four makes it "any".
-fn touch(touched: Option<TypeSet>, type_url: &str) -> Option<TypeSet> {
+fn touch(touched: Option<TypeSet>, kind: Option<ResourceType>) -> Option<TypeSet> {
     let mut types = touched?;
-    types.insert(ResourceType::from_type_url(type_url)?);
+    types.insert(kind?);
     Some(types)
 }
 
@@ -395,7 +395,8 @@ async fn serve_stream(
         let (trigger, outgoing, computed) = if let Some(req) = request.take() {
             let started = Instant::now();
             let ctx = context(&current);
-            touched = touch(Some(TypeSet::default()), req.type_url());
+            let kind = ResourceType::from_type_url(req.type_url());
+            touched = touch(Some(TypeSet::default()), kind);
             let out = match req {
                 Incoming::Sotw(r) => connection.on_sotw_request(r, &ctx),
                 Incoming::Delta(r) => connection.on_delta_request(r, &ctx),
@@ -471,8 +472,9 @@ async fn serve_stream(
             log_push(&connection, trigger, &outgoing, computed);
         }
         for response in outgoing {
-            touched = touch(touched, response.type_url());
-            turn.pushed(response.type_url());
+            let kind = ResourceType::from_type_url(response.type_url());
+            touched = touch(touched, kind);
+            turn.pushed(kind);
             let type_url = type_url_key(response.type_url());
             let bytes = response.resource_bytes();
             if sink.capacity() == 0 {
@@ -585,10 +587,10 @@ impl Turn {
         TurnEvent::Expired
     }
 
-    /// Notes a response sent while holding the turn.
-    fn pushed(&mut self, type_url: &str) {
+    /// Notes a response (of `kind`, when one of the served types) sent while holding the turn.
+    fn pushed(&mut self, kind: Option<ResourceType>) {
         if let Some(held) = self.held.as_mut() {
-            held.pushed = touch(Some(held.pushed), type_url).unwrap_or(TypeSet::ALL);
+            held.pushed = touch(Some(held.pushed), kind).unwrap_or(TypeSet::ALL);
         }
     }
 
