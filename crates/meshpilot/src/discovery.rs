@@ -71,8 +71,9 @@ pub struct DiscoveryArgs {
     /// ...or at the latest this long after the first change of a burst.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub debounce_max: Duration,
-    /// ...and at the latest this long after the first change when only endpoints changed.
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    /// ...and at the latest this long after the first change when only endpoints changed
+    /// (proxies waiting for a push turn merge what they are owed meanwhile).
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     pub debounce_endpoints_max: Duration,
     /// Serve route configurations' virtual hosts over VHDS (Envoy's delta
     /// `VirtualHostDiscoveryService`, a stream of its own) instead of inline, so a

@@ -18,6 +18,8 @@ pub struct DebounceConfig {
     /// A burst of endpoint (and pod) changes only is published at most this long after its first
     /// change, however busy: endpoint pushes are incremental and cheap, and under steady pod
     /// churn the quiet period would otherwise never come (holding every update for `max`).
+    /// Shorter than `quiet` because the push queue already merges what a proxy is owed while
+    /// it waits for its turn: a longer window only adds to every change's latency.
     pub endpoints_max: Duration,
 }
 
@@ -26,7 +28,7 @@ impl Default for DebounceConfig {
         DebounceConfig {
             quiet: Duration::from_millis(100),
             max: Duration::from_secs(10),
-            endpoints_max: Duration::from_millis(100),
+            endpoints_max: Duration::from_millis(20),
         }
     }
 }
@@ -87,7 +89,9 @@ impl Debouncer {
 
 /// How many published versions of change history connections can catch up through; a
 /// connection further behind recomputes every type (still sending only real differences).
-const HISTORY: usize = 64;
+/// Steady endpoint churn publishes every `endpoints_max` (50 a second at 20 ms): this reaches
+/// back ~5 s then, past a turn that runs out (1 s) and a full queue round.
+const HISTORY: usize = 256;
 
 /// One published state: what every connection pushes from.
 pub struct Published {
@@ -269,14 +273,18 @@ mod tests {
     #[test]
     fn steady_endpoint_churn_is_published_every_endpoints_max() {
         let t0 = Instant::now();
-        let mut d = Debouncer::new(DebounceConfig::default());
+        let config = DebounceConfig::default();
+        assert!(config.endpoints_max < config.quiet);
+        let mut d = Debouncer::new(config);
+        let step = config.endpoints_max / 4;
         for i in 0..20 {
-            d.add(change("a"), t0 + Duration::from_millis(i * 10));
+            d.add(change("a"), t0 + step * i);
         }
-        assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(100)));
+        assert_eq!(d.deadline(), Some(t0 + config.endpoints_max));
         // A config change in the burst makes it a full push again, debounced as one.
-        d.add(config_change("r"), t0 + Duration::from_millis(195));
-        assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(295)));
+        let late = t0 + step * 21;
+        d.add(config_change("r"), late);
+        assert_eq!(d.deadline(), Some(late + config.quiet));
     }
 
     #[test]
