@@ -80,8 +80,8 @@ impl ChurnBook {
 
     /// Deliveries credited so far, over all proxies.
     fn credited(&self) -> u64 {
-        let proxies = self.proxies.iter();
-        proxies
+        self.proxies
+            .iter()
             .map(|p| p.lock().expect("credits").arrivals.len() as u64)
             .sum()
     }
