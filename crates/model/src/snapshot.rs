@@ -16,14 +16,15 @@ pub struct Snapshot {
     /// Increases with every published snapshot.
     pub version: u64,
     pub domain: String,
-    pub(crate) services: BTreeMap<Hostname, Arc<Service>>,
+    // The tables below are shared between snapshots while their contents stay the same.
+    pub(crate) services: Arc<BTreeMap<Hostname, Arc<Service>>>,
     /// The same services by namespace, in hostname order: a proxy's own services are looked
     /// up on every connect and CDS/LDS push, among its namespace's only.
-    pub(crate) services_by_namespace: HashMap<String, Vec<Arc<Service>>>,
-    pub(crate) endpoints: HashMap<Hostname, Arc<Vec<Endpoint>>>,
-    pub(crate) pods: BTreeMap<ObjectKey, Arc<Pod>>,
-    pub(crate) pods_by_ip: HashMap<IpAddr, ObjectKey>,
-    pub(crate) namespaces: BTreeMap<String, Arc<Namespace>>,
+    pub(crate) services_by_namespace: Arc<HashMap<String, Vec<Arc<Service>>>>,
+    pub(crate) endpoints: Arc<HashMap<Hostname, Arc<Vec<Endpoint>>>>,
+    pub(crate) pods: Arc<BTreeMap<ObjectKey, Arc<Pod>>>,
+    pub(crate) pods_by_ip: Arc<HashMap<IpAddr, ObjectKey>>,
+    pub(crate) namespaces: Arc<BTreeMap<String, Arc<Namespace>>>,
     /// Ordered oldest first (creation time, then namespace/name): the conflict order.
     pub(crate) virtual_services: Vec<Arc<VirtualServiceConfig>>,
     pub(crate) destination_rules: Vec<Arc<DestinationRuleConfig>>,
@@ -35,16 +36,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the lookup indexes: services by namespace, and the host index over
-    /// `destination_rules` (which must already be in final order).
+    /// Builds the host index over `destination_rules` (which must already be in final order).
     pub(crate) fn build_indexes(&mut self) {
-        self.services_by_namespace.clear();
-        for service in self.services.values() {
-            self.services_by_namespace
-                .entry(service.namespace.clone())
-                .or_default()
-                .push(service.clone());
-        }
         self.rules_by_host.clear();
         self.wildcard_rules.clear();
         for (i, rule) in self.destination_rules.iter().enumerate() {
