@@ -131,7 +131,8 @@ impl Published {
             _ => return TypeSet::ALL,
         }
         let mut affected = TypeSet::default();
-        for entry in self.history.iter().filter(|e| e.version > version) {
+        let newer = self.history.partition_point(|e| e.version <= version);
+        for entry in self.history.range(newer..) {
             if entry.changes.pods.contains(pod) {
                 return TypeSet::ALL;
             }
