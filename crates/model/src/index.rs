@@ -254,16 +254,19 @@ impl Index {
                 if old.as_deref() == Some(&pod) {
                     return ChangeSet::default();
                 }
-                let pods_by_ip = Arc::make_mut(&mut self.pods_by_ip);
-                if let Some(old) = &old {
-                    for ip in &old.ips {
-                        if pods_by_ip.get(ip) == Some(&key) {
-                            pods_by_ip.remove(ip);
+                // Most pod updates keep the pod's IPs: no copy of the shared IP table then.
+                if old.as_ref().is_none_or(|old| old.ips != pod.ips) {
+                    let pods_by_ip = Arc::make_mut(&mut self.pods_by_ip);
+                    if let Some(old) = &old {
+                        for ip in &old.ips {
+                            if pods_by_ip.get(ip) == Some(&key) {
+                                pods_by_ip.remove(ip);
+                            }
                         }
                     }
-                }
-                for ip in &pod.ips {
-                    pods_by_ip.insert(*ip, key.clone());
+                    for ip in &pod.ips {
+                        pods_by_ip.insert(*ip, key.clone());
+                    }
                 }
                 let affected = self.services_referencing_pod(&pod, old.as_deref());
                 Arc::make_mut(&mut self.pods).insert(key.clone(), pod);
@@ -733,6 +736,13 @@ mod tests {
 
     const REVIEWS: &str = "reviews.default.svc.cluster.local";
 
+    /// Adds an EndpointSlice of `reviews` (port 9080) with one endpoint.
+    fn add_reviews_slice(index: &mut Index, slice: &str, pod: &str, ip: &str) {
+        let mut slice = mk_slice("default", slice, &[("http", 9080)], &[(pod, ip)]);
+        slice.service_name = "reviews".into();
+        index.apply(Object::EndpointSlice(Arc::new(slice)));
+    }
+
     #[test]
     fn pods_and_their_labels_are_shared_not_copied() {
         let mut index = bookinfo();
@@ -743,14 +753,7 @@ mod tests {
             &[("app", "reviews"), ("version", "v3")],
         ));
         index.apply(Object::Pod(pod.clone()));
-        let mut slice = mk_slice(
-            "default",
-            "reviews-v3",
-            &[("http", 9080)],
-            &[("reviews-v3", "10.244.9.9")],
-        );
-        slice.service_name = "reviews".into();
-        index.apply(Object::EndpointSlice(Arc::new(slice)));
+        add_reviews_slice(&mut index, "reviews-v3", "reviews-v3", "10.244.9.9");
         let snapshot = index.snapshot();
         // The source's object is the index's: one copy of each pod however many hold it.
         assert!(Arc::ptr_eq(
@@ -770,14 +773,7 @@ mod tests {
         let mut index = bookinfo();
         let before = index.snapshot();
         // An endpoint-only change: a new endpoint table; pods, namespaces and services shared.
-        let mut slice = mk_slice(
-            "default",
-            "reviews-extra",
-            &[("http", 9080)],
-            &[("reviews-v9", "10.244.9.10")],
-        );
-        slice.service_name = "reviews".into();
-        index.apply(Object::EndpointSlice(Arc::new(slice)));
+        add_reviews_slice(&mut index, "reviews-extra", "reviews-v9", "10.244.9.10");
         let after_endpoints = index.snapshot();
         assert!(Arc::ptr_eq(&before.pods, &after_endpoints.pods));
         assert!(Arc::ptr_eq(&before.pods_by_ip, &after_endpoints.pods_by_ip));
@@ -833,6 +829,17 @@ mod tests {
             &after_endpoints.namespaces,
             &after_more.namespaces
         ));
+        // A pod relabelled in place keeps its IPs: the IP table stays shared.
+        let relabelled = mk_pod("default", "late", "10.244.9.11", &[("app", "later")]);
+        index.apply(Object::Pod(Arc::new(relabelled)));
+        let after_relabel = index.snapshot();
+        assert!(Arc::ptr_eq(
+            &after_more.pods_by_ip,
+            &after_relabel.pods_by_ip
+        ));
+        assert!(!Arc::ptr_eq(&after_more.pods, &after_relabel.pods));
+        let late = after_relabel.pod_by_ip("10.244.9.11".parse().unwrap());
+        assert_eq!(late.unwrap().labels["app"], "later");
     }
 
     #[test]
