@@ -140,6 +140,12 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// A change is owed and no push is in flight, so it can be pushed now. (Only a watch that
+    /// was answered once is ever owed a change: see [`Connection::on_push`].)
+    fn owed_and_idle(&self) -> bool {
+        self.owed && !self.pending
+    }
+
     /// Takes a SotW request's names as the subscription; says whether they differ from it.
     fn update_names(&mut self, request: &SotwRequest, ctx: &PushContext) -> bool {
         let fingerprint = request.names_fingerprint();
@@ -244,7 +250,7 @@ impl Connection {
     /// Some type is owed a change and has no push in flight: [`Connection::push_owed`] would
     /// send something.
     pub fn can_push_owed(&self) -> bool {
-        self.watches.values().any(|w| w.owed && !w.pending)
+        self.watches.values().any(Watch::owed_and_idle)
     }
 
     /// A push of one of `types` is neither ACKed nor NACKed yet.
@@ -262,7 +268,7 @@ impl Connection {
             let Some(watch) = self.watches.get_mut(url) else {
                 continue;
             };
-            if watch.owed && !watch.pending && watch.responded {
+            if watch.owed_and_idle() {
                 watch.owed = false;
                 out.extend(self.reply(url, ctx, false, None));
             }
