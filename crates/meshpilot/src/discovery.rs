@@ -6,8 +6,8 @@ use crate::monitoring;
 use anyhow::{Context, Result};
 use clap::Args;
 use meshpilot_model::{ChangeSet, Index, Kind};
-use meshpilot_sources::FileSource;
 use meshpilot_sources::kubernetes::{self, KubernetesConfig};
+use meshpilot_sources::{FileEvent, FileSource, PendingPaths};
 use meshpilot_xds::{
     AdsService, CacheOptions, DebounceConfig, Debouncer, Publisher, XdsMetrics, tls,
 };
@@ -296,22 +296,36 @@ fn log_rejections(snapshot: &meshpilot_model::Snapshot) {
     }
 }
 
+/// How long a config file written to but not yet closed may delay reading a batch of changes.
+const FILE_WRITE_GRACE: Duration = Duration::from_millis(20);
+
 /// Applies file changes to the index as they happen; the debouncer decides when to publish.
 async fn follow_files(
     mut source: FileSource,
-    mut events: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    mut events: mpsc::UnboundedReceiver<FileEvent>,
     index: Arc<Mutex<Index>>,
     changes: mpsc::UnboundedSender<ChangeSet>,
 ) {
-    while let Some(mut paths) = events.recv().await {
-        // Editors write in several steps; take what else arrived in the same instant.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        while let Ok(more) = events.try_recv() {
-            paths.extend(more);
+    let mut pending = PendingPaths::default();
+    while let Some(event) = events.recv().await {
+        pending.add(event);
+        // A file still open for writing is read once closed, or after a short wait at the
+        // latest: some writers keep files open.
+        let deadline = tokio::time::Instant::now() + FILE_WRITE_GRACE;
+        loop {
+            while let Ok(more) = events.try_recv() {
+                pending.add(more);
+            }
+            if pending.settled() {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(more)) => pending.add(more),
+                Ok(None) => return,
+                Err(_elapsed) => break,
+            }
         }
-        paths.sort();
-        paths.dedup();
-        for error in source.reload(&paths) {
+        for error in source.reload(&pending.take()) {
             tracing::warn!("{error}");
         }
         let change = {

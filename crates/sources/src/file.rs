@@ -368,7 +368,7 @@ impl FileSource {
     }
 }
 
-fn is_config_file(path: &Path) -> bool {
+pub(crate) fn is_config_file(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| CONFIG_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))

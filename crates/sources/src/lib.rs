@@ -19,7 +19,7 @@ mod watch;
 
 pub use file::FileSource;
 pub use parse::{object_from_json, parse_documents};
-pub use watch::watch;
+pub use watch::{FileEvent, PendingPaths, watch};
 
 use meshpilot_model::Object;
 use std::fmt;
