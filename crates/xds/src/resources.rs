@@ -195,11 +195,22 @@ pub type Resources = Arc<ResourceSet>;
 
 /// A sorted set of resource names (an EDS or RDS subscription). Interned through
 /// [`ResourceCache::intern`], so proxies subscribed to the same names share one.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct NameSet {
     names: Vec<Arc<str>>,
     hash: u64,
+    /// Positions of each service host's cluster names, built the first time an endpoint change
+    /// rebuilds a set of these names (endpoint subscriptions only).
+    cluster_positions: OnceLock<HashMap<Box<str>, Vec<u32>>>,
 }
+
+impl PartialEq for NameSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names
+    }
+}
+
+impl Eq for NameSet {}
 
 impl Hash for NameSet {
     fn hash<H: Hasher>(&self, state: &mut H) {
@@ -217,7 +228,23 @@ impl NameSet {
         NameSet {
             names,
             hash: hasher.finish(),
+            cluster_positions: OnceLock::new(),
         }
+    }
+
+    /// Where the clusters of service `host` (`outbound|<port>|<subset>|<host>`) are among
+    /// these names.
+    fn cluster_positions(&self, host: &str) -> &[u32] {
+        let by_host = self.cluster_positions.get_or_init(|| {
+            let mut by_host: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+            for (i, name) in self.names.iter().enumerate() {
+                if let Some(parts) = meshpilot_translate::names::parse_cluster_name(name) {
+                    by_host.entry(parts.host.into()).or_default().push(i as u32);
+                }
+            }
+            by_host
+        });
+        by_host.get(host).map(Vec::as_slice).unwrap_or_default()
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -831,22 +858,19 @@ impl ResourceCache {
         shared_set(&self.endpoint_sets, &self.content, class, || {
             let namespace: Arc<str> = proxy.namespace.as_str().into();
             match before {
-                // Same names, same order: keep every assignment whose service kept its
-                // endpoints.
-                Some((set, hosts)) => set
-                    .iter()
-                    .map(|old| {
-                        let host = meshpilot_translate::names::parse_cluster_name(&old.name)
-                            .map(|p| p.host)
-                            .unwrap_or_default();
-                        if hosts.contains(host) {
-                            self.endpoint(proxy, &old.name, &namespace)
-                        } else {
-                            old.clone()
+                // Same names, same order: keep every assignment but those of the services whose
+                // endpoints changed.
+                Some((set, hosts)) if set.len() == names.len() => {
+                    let mut items = set.as_slice().to_vec();
+                    for host in hosts {
+                        for &i in names.cluster_positions(host) {
+                            let i = i as usize;
+                            items[i] = self.endpoint(proxy, &names.names[i], &namespace);
                         }
-                    })
-                    .collect(),
-                None => names
+                    }
+                    items
+                }
+                _ => names
                     .names
                     .iter()
                     .map(|name| self.endpoint(proxy, name, &namespace))
