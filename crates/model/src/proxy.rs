@@ -83,7 +83,7 @@ pub struct Proxy {
     /// All instance IPs, the first being the pod IP.
     pub ips: Vec<IpAddr>,
     pub pod_name: String,
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// `<ns>.svc.cluster.local`: decides which short names vhosts get.
     pub dns_domain: String,
     pub labels: Arc<BTreeMap<String, String>>,
@@ -137,7 +137,7 @@ impl Proxy {
             node_id: node_id.to_string(),
             ips,
             pod_name: pod_name.to_string(),
-            namespace,
+            namespace: namespace.into(),
             dns_domain,
             labels: Arc::new(metadata.labels.clone()),
             interception_mode,
@@ -159,7 +159,7 @@ impl Proxy {
             ),
             ips: pod.ips.clone(),
             pod_name: name.to_string(),
-            namespace: namespace.to_string(),
+            namespace: namespace.into(),
             dns_domain: format!("{namespace}.svc.{}", snapshot.domain),
             labels: pod.labels.clone(),
             interception_mode: InterceptionMode::Redirect,
@@ -204,7 +204,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.pod_name, "productpage-v1-6b7f6dc5f-ccccc");
-        assert_eq!(p.namespace, "default");
+        assert_eq!(&*p.namespace, "default");
         assert_eq!(p.ips.len(), 2);
         assert_eq!(p.labels["app"], "productpage");
         assert_eq!(p.id(), "productpage-v1-6b7f6dc5f-ccccc.default");
@@ -235,7 +235,7 @@ mod tests {
             &ProxyMetadata::default(),
         )
         .unwrap();
-        assert_eq!(p.namespace, "shop");
+        assert_eq!(&*p.namespace, "shop");
     }
 
     #[test]

@@ -311,7 +311,7 @@ fn l4_match_applies(m: &L4MatchAttributes, proxy: &Proxy, port: u16, listener_ip
         && labels_match(&m.source_labels, &proxy.labels)
         && m.source_namespace
             .as_deref()
-            .is_none_or(|ns| ns == proxy.namespace)
+            .is_none_or(|ns| *ns == *proxy.namespace)
         && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
         && (m.destination_subnets.is_empty()
             || m.destination_subnets

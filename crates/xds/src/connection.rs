@@ -196,7 +196,7 @@ impl Connection {
     pub fn new(id: String, proxy: Proxy, flavor: Flavor, control_plane_id: &str) -> Self {
         Connection {
             id,
-            pod_key: ObjectKey::new(&proxy.namespace, &proxy.pod_name),
+            pod_key: ObjectKey::new(&*proxy.namespace, &proxy.pod_name),
             metadata_labels: proxy.labels.clone(),
             labels_as_of: None,
             proxy,

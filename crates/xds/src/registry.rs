@@ -259,7 +259,7 @@ impl ConnectionRegistry {
         Value::Array(
             self.connections()
                 .iter()
-                .filter(|c| namespace.is_none_or(|ns| c.proxy.namespace == ns))
+                .filter(|c| namespace.is_none_or(|ns| *c.proxy.namespace == *ns))
                 .map(syncz_entry)
                 .collect(),
         )

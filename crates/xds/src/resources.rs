@@ -450,7 +450,7 @@ impl TargetSignature {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ClusterClass {
-    namespace: String,
+    namespace: Arc<str>,
     targets: TargetSignature,
     ipv4: bool,
     ipv6: bool,
@@ -458,7 +458,7 @@ struct ClusterClass {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ListenerClass {
-    namespace: String,
+    namespace: Arc<str>,
     /// Only when some VirtualService's TCP route matches on `sourceLabels`; the labels that
     /// pick the proxy's own services are covered by `targets`.
     labels: Option<Arc<BTreeMap<String, String>>>,
@@ -470,7 +470,7 @@ struct ListenerClass {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RouteClass {
     name: Arc<str>,
-    namespace: String,
+    namespace: Arc<str>,
     dns_domain: String,
     labels: Option<Arc<BTreeMap<String, String>>>,
 }
@@ -487,7 +487,7 @@ struct BuiltRoute {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RouteSetClass {
     names: Arc<NameSet>,
-    namespace: String,
+    namespace: Arc<str>,
     dns_domain: String,
     labels: Option<Arc<BTreeMap<String, String>>>,
 }
@@ -502,7 +502,7 @@ struct EndpointClass {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct EndpointSetClass {
     names: Arc<NameSet>,
-    namespace: String,
+    namespace: Arc<str>,
 }
 
 /// What an assignment was built from. Held (not just compared by address) so an old input can
@@ -856,7 +856,7 @@ impl ResourceCache {
             .as_ref()
             .and_then(|b| Some((b.sets.get(&class)?.clone(), &b.hosts)));
         shared_set(&self.endpoint_sets, &self.content, class, || {
-            let namespace: Arc<str> = proxy.namespace.as_str().into();
+            let namespace = proxy.namespace.clone();
             match before {
                 // Same names, same order: keep every assignment but those of the services whose
                 // endpoints changed.

@@ -141,7 +141,7 @@ impl RouteTranslator<'_> {
         labels_match(&m.source_labels, &self.proxy.labels)
             && m.source_namespace
                 .as_deref()
-                .is_none_or(|ns| ns.is_empty() || ns == self.proxy.namespace)
+                .is_none_or(|ns| ns.is_empty() || *ns == *self.proxy.namespace)
     }
 
     fn build_route(&self, rule: &HttpRoute, request_match: Option<&HttpMatchRequest>) -> Route {
