@@ -97,8 +97,13 @@ impl ContentInterner {
             .share(key, resource, |a, b| a.name == b.name && a.any == b.any)
     }
 
-    /// The shared set of exactly these resources (the same copies, in this order).
-    pub(crate) fn set(&self, items: Vec<Arc<Resource>>) -> Arc<ResourceSet> {
+    /// The shared set of exactly these resources (the same copies, in this order); a new one
+    /// shares `like`'s index by name if it has the same names.
+    pub(crate) fn set(
+        &self,
+        items: Vec<Arc<Resource>>,
+        like: Option<&ResourceSet>,
+    ) -> Arc<ResourceSet> {
         let key = items_key(&items);
         let known = self
             .sets
@@ -109,7 +114,7 @@ impl ContentInterner {
             return existing;
         }
         // Indexed outside the lock; two builders of one new set both index it, the first wins.
-        let built = Arc::new(ResourceSet::new(items));
+        let built = Arc::new(ResourceSet::with_names_like(items, like));
         self.sets
             .lock()
             .expect("set interner lock")
@@ -168,17 +173,17 @@ mod tests {
         let interner = ContentInterner::default();
         let a = interner.resource(assignment("a", 1));
         let b = interner.resource(assignment("b", 1));
-        let first = interner.set(vec![a.clone(), b.clone()]);
-        let again = interner.set(vec![a.clone(), b.clone()]);
+        let first = interner.set(vec![a.clone(), b.clone()], None);
+        let again = interner.set(vec![a.clone(), b.clone()], None);
         assert!(Arc::ptr_eq(&first, &again));
         assert!(!Arc::ptr_eq(
             &first,
-            &interner.set(vec![b.clone(), a.clone()])
+            &interner.set(vec![b.clone(), a.clone()], None)
         ));
-        assert!(!Arc::ptr_eq(&first, &interner.set(vec![a.clone()])));
+        assert!(!Arc::ptr_eq(&first, &interner.set(vec![a.clone()], None)));
         // An equal resource that is another copy makes another set: sets compare copies.
         let b_copy = assignment("b", 1);
-        assert!(!Arc::ptr_eq(&first, &interner.set(vec![a, b_copy])));
+        assert!(!Arc::ptr_eq(&first, &interner.set(vec![a, b_copy], None)));
     }
 
     #[test]

@@ -101,7 +101,8 @@ struct OrderedItem {
 #[derive(Debug, Default)]
 pub struct ResourceSet {
     items: Vec<Arc<Resource>>,
-    by_name: HashMap<Arc<str>, usize>,
+    /// Shared by sets of the same names in the same order (an endpoint set and its rebuilds).
+    by_name: Arc<HashMap<Arc<str>, usize>>,
     /// Every item's `resources` entry of a SotW response, back to back; encoded by the first
     /// response that carries the whole set, then sent as slices by all of them.
     sotw_entries: OnceLock<Bytes>,
@@ -116,11 +117,29 @@ pub struct ResourceSet {
 
 impl ResourceSet {
     pub fn new(items: Vec<Arc<Resource>>) -> Self {
-        let by_name = items
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.name.clone(), i))
-            .collect();
+        Self::with_names_like(items, None)
+    }
+
+    /// A set whose by-name index is `like`'s when both hold the same names in the same order.
+    pub(crate) fn with_names_like(items: Vec<Arc<Resource>>, like: Option<&ResourceSet>) -> Self {
+        let same_names = |like: &&ResourceSet| {
+            like.items.len() == items.len()
+                && like
+                    .items
+                    .iter()
+                    .zip(&items)
+                    .all(|(a, b)| Arc::ptr_eq(&a.name, &b.name) || a.name == b.name)
+        };
+        let by_name = match like.filter(same_names) {
+            Some(like) => like.by_name.clone(),
+            None => Arc::new(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.name.clone(), i))
+                    .collect(),
+            ),
+        };
         // Worth it for many small resources; large ones (a route configuration of thousands
         // of virtual hosts) are sent as slices of their own bytes already, and a second copy
         // would only cost memory.
@@ -607,10 +626,13 @@ fn virtual_service_route_ports(
 
 /// A whole set built once per class, and shared with the classes whose set holds the same
 /// resources.
+/// `like`: a set that probably has the same names in the same order, whose index a new set
+/// can share.
 fn shared_set<K: Eq + std::hash::Hash>(
     cache: &DashMap<K, Resources>,
     content: &ContentInterner,
     class: K,
+    like: Option<&ResourceSet>,
     build: impl FnOnce() -> Vec<Arc<Resource>>,
 ) -> Resources {
     if let Some(hit) = cache.get(&class) {
@@ -618,7 +640,7 @@ fn shared_set<K: Eq + std::hash::Hash>(
     }
     // Built outside the map's lock: a build can take milliseconds and other classes must not
     // wait on it. Two proxies of one new class may both build it; the first insert wins.
-    let built = content.set(build());
+    let built = content.set(build(), like);
     cache.entry(class).or_insert(built).clone()
 }
 
@@ -735,7 +757,7 @@ impl ResourceCache {
             ipv4: proxy.ips.iter().any(IpAddr::is_ipv4),
             ipv6: proxy.ips.iter().any(IpAddr::is_ipv6),
         };
-        shared_set(&self.clusters, &self.content, class, || {
+        shared_set(&self.clusters, &self.content, class, None, || {
             build_clusters(&self.snapshot, proxy)
                 .iter()
                 .map(|c| self.content.resource(Resource::encode(&c.name, c)))
@@ -752,7 +774,7 @@ impl ResourceCache {
             targets: TargetSignature::of(&self.snapshot, proxy),
             ips: self.any_headless.then(|| proxy.ips.clone()),
         };
-        shared_set(&self.listeners, &self.content, class, || {
+        shared_set(&self.listeners, &self.content, class, None, || {
             build_listeners(&self.snapshot, proxy)
                 .iter()
                 .map(|l| self.content.resource(Resource::encode(&l.name, l)))
@@ -774,7 +796,7 @@ impl ResourceCache {
     pub fn routes(&self, proxy: &Proxy, names: &Arc<NameSet>) -> Resources {
         let class = self.route_set_class(proxy, names);
         let labels = class.labels.clone();
-        shared_set(&self.route_sets, &self.content, class, || {
+        shared_set(&self.route_sets, &self.content, class, None, || {
             names
                 .names
                 .iter()
@@ -789,7 +811,7 @@ impl ResourceCache {
     pub fn virtual_hosts(&self, proxy: &Proxy, route_configs: &Arc<NameSet>) -> Resources {
         let class = self.route_set_class(proxy, route_configs);
         let labels = class.labels.clone();
-        shared_set(&self.virtual_host_sets, &self.content, class, || {
+        shared_set(&self.virtual_host_sets, &self.content, class, None, || {
             route_configs
                 .names
                 .iter()
@@ -835,6 +857,7 @@ impl ResourceCache {
                         .iter()
                         .map(|v| self.content.resource(Resource::encode(&v.name, v)))
                         .collect(),
+                    None,
                 ),
             }
         } else {
@@ -851,32 +874,42 @@ impl ResourceCache {
             names: names.clone(),
             namespace: proxy.namespace.clone(),
         };
+        if let Some(hit) = self.endpoint_sets.get(&class) {
+            return hit.clone();
+        }
         let before = self
             .endpoint_sets_before
             .as_ref()
             .and_then(|b| Some((b.sets.get(&class)?.clone(), &b.hosts)));
-        shared_set(&self.endpoint_sets, &self.content, class, || {
-            let namespace = proxy.namespace.clone();
-            match before {
-                // Same names, same order: keep every assignment but those of the services whose
-                // endpoints changed.
-                Some((set, hosts)) if set.len() == names.len() => {
-                    let mut items = set.as_slice().to_vec();
-                    for host in hosts {
-                        for &i in names.cluster_positions(host) {
-                            let i = i as usize;
-                            items[i] = self.endpoint(proxy, &names.names[i], &namespace);
+        let like = before.as_ref().map(|(set, _)| set.clone());
+        shared_set(
+            &self.endpoint_sets,
+            &self.content,
+            class,
+            like.as_deref(),
+            || {
+                let namespace = proxy.namespace.clone();
+                match before {
+                    // Same names, same order: keep every assignment but those of the services whose
+                    // endpoints changed.
+                    Some((set, hosts)) if set.len() == names.len() => {
+                        let mut items = set.as_slice().to_vec();
+                        for host in hosts {
+                            for &i in names.cluster_positions(host) {
+                                let i = i as usize;
+                                items[i] = self.endpoint(proxy, &names.names[i], &namespace);
+                            }
                         }
+                        items
                     }
-                    items
+                    _ => names
+                        .names
+                        .iter()
+                        .map(|name| self.endpoint(proxy, name, &namespace))
+                        .collect(),
                 }
-                _ => names
-                    .names
-                    .iter()
-                    .map(|name| self.endpoint(proxy, name, &namespace))
-                    .collect(),
-            }
-        })
+            },
+        )
     }
 
     fn endpoint(&self, proxy: &Proxy, name: &Arc<str>, namespace: &Arc<str>) -> Arc<Resource> {
@@ -1053,6 +1086,11 @@ mod tests {
             assert_eq!(unchanged, Arc::ptr_eq(o, n), "{}", n.name);
             assert!(touched || unchanged, "{}", n.name);
         }
+        // Same names in the same order: one index by name serves both sets.
+        assert!(Arc::ptr_eq(&old.by_name, &new.by_name));
+        let rebuilt = "outbound|8080||svc-1.ns-1.svc.cluster.local";
+        let at = new.iter().position(|r| &*r.name == rebuilt).unwrap();
+        assert!(Arc::ptr_eq(new.get(rebuilt).unwrap(), &new.as_slice()[at]));
         // svc-1 lost its v2 endpoint: the default and v2 assignments changed, v1 did not.
         let diff = after.diff(&old, &new);
         let changed: Vec<&str> = diff.changed.iter().map(|r| &*r.name).collect();
