@@ -384,6 +384,16 @@ impl SidecarState {
         &self.types[kind.index()]
     }
 
+    /// Gives this sidecar its own copy of every table it shares with others (sidecars sent the
+    /// same response share one until either changes it), as if it were a process of its own.
+    /// Benchmarks call this before their measured window: otherwise the first change each
+    /// sidecar takes there pays for a copy a real Envoy never makes.
+    pub fn own_tables(&mut self) {
+        for t in &mut self.types {
+            Arc::make_mut(&mut t.held);
+        }
+    }
+
     /// Every held resource as (type and name key, body hash), sorted.
     pub fn held_hashes(&self) -> Vec<(u64, u64)> {
         let mut all: Vec<(u64, u64)> = Kind::ALL
@@ -525,6 +535,11 @@ impl Sidecar {
     /// Reads the state under its lock (the sidecar's task waits meanwhile).
     pub fn with_state<T>(&self, f: impl FnOnce(&SidecarState) -> T) -> T {
         f(&self.state.lock().expect("sidecar state"))
+    }
+
+    /// See [`SidecarState::own_tables`].
+    pub fn own_tables(&self) {
+        self.state.lock().expect("sidecar state").own_tables();
     }
 }
 

@@ -18,7 +18,7 @@ use meshpilot_tests::lite_client::proto::LiteLoadAssignment;
 use meshpilot_tests::lite_client::{KeyMap, Kind, Observer};
 use meshpilot_tests::meshgen::{MeshSpec, read_spec, write_endpoint_slice};
 use prost::Message;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,7 +70,9 @@ impl ChurnBook {
                 .map(|_| {
                     Mutex::new(ProxyCredits {
                         credited: vec![0; spec.services],
-                        arrivals: Vec::new(),
+                        // Room for every change up front: grown on demand, every sidecar's
+                        // list doubled at the same change, stalling the load generator.
+                        arrivals: Vec::with_capacity(changes),
                     })
                 })
                 .collect(),
@@ -181,6 +183,9 @@ pub async fn run(f: Flags) -> Result<()> {
     phase("connecting");
     let (mut fleet, connect, complete) = connect_fleet(&options, Some(book.clone())).await?;
     phase("complete");
+    for sidecar in &fleet.sidecars {
+        sidecar.own_tables();
+    }
     // Let the initial pushes finish before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pushes_before = pushes(&metrics).await;
@@ -213,6 +218,19 @@ pub async fn run(f: Flags) -> Result<()> {
         latencies.extend(credits.arrivals.iter().map(|(_, us)| *us as f64 / 1000.0));
     }
     let credited = latencies.len() as u64;
+    // Per second of writing, the p99 of its changes: shows whether a run's p99 comes from the
+    // whole window or from a stretch of it (the machine's speed moves within a run too).
+    let mut by_second: Vec<Vec<f64>> = vec![Vec::new(); changes.div_ceil(rate)];
+    for credits in &book.proxies {
+        let credits = credits.lock().expect("credits");
+        for (change, us) in &credits.arrivals {
+            by_second[*change as usize / rate].push(*us as f64 / 1000.0);
+        }
+    }
+    let p99_by_second: Vec<Value> = by_second
+        .iter_mut()
+        .map(|second| summary(second)["p99"].clone())
+        .collect();
     let mut everywhere: Vec<f64> = book
         .per_change()
         .into_iter()
@@ -232,6 +250,7 @@ pub async fn run(f: Flags) -> Result<()> {
         "expected": expected,
         "missing": expected.saturating_sub(credited),
         "write_to_eds_ack_ms": summary(&mut latencies),
+        "write_to_eds_ack_p99_ms_by_second": p99_by_second,
         "write_to_last_proxy_ms": summary(&mut everywhere),
         "received_in_window": fleet.received_since(Some(window)),
         "server_pushes": {
