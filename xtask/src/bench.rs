@@ -13,7 +13,8 @@
 //! - `cold`: N sidecars connect at once (N = 1000, 2000, 5000, 10000 SotW; 2000 delta), then
 //!   10 s idle: connect→complete p50/p99/max, server peak and steady RSS, CPU. The 2,000 runs
 //!   (the target's size) are repeated three times per flavor, and the median run reported.
-//! - `churn`: 5000 sidecars; 100 endpoint changes/s for 20 s: write→EDS ACK latency.
+//! - `churn`: 5000 sidecars; 100 endpoint changes/s for 20 s: write→EDS ACK latency. Three
+//!   runs per flavor (SotW, delta), the median run reported; then 1000 and 2500 delta sidecars.
 //! - `vs-edit`: 10,000 VirtualServices, 2000 sidecars; one VirtualService edit: write→ACK,
 //!   as istiod serves routes (SotW sidecars) and with `--vhds` (delta sidecars, `vs_edit_vhds`).
 //! - `restart`: 5000 sidecars; SIGKILL and restart the server: start→re-synced, NACKs, bytes.
