@@ -40,14 +40,6 @@ const COLD_PROXIES: [usize; 4] = [1000, 2000, 5000, 10000];
 /// and reports the median: one run on this machine varies by a few hundred milliseconds.
 const COLD_TARGET_PROXIES: usize = 2000;
 const COLD_TARGET_RUNS: usize = 3;
-/// The load generator's allocator keeps the pages it frees. The workspace's build-time jemalloc
-/// settings (`.cargo/config.toml`) are the server's: freed pages go back to the OS within a
-/// second, for its RSS. The load generator stands in for sidecars on other machines, and
-/// returning pages and faulting them in again cost it ~9% of its pushes per second in churn
-/// at 5,000 sidecars (alternating runs: 496k and 490k EDS responses in the window against
-/// 452k and 453k), competing with the server for the same two cores.
-const LOADGEN_MALLOC_CONF: &str = "dirty_decay_ms:-1,muzzy_decay_ms:-1";
-
 /// Churn at the target's size (5,000 sidecars) runs this many times per flavor, and reports
 /// the median run: its p99 moves by a fifth between runs with the machine's speed.
 const CHURN_TARGET_RUNS: usize = 3;
@@ -335,7 +327,6 @@ impl Bench {
         let mut child = Guarded(
             command_with_files(&self.bin.join("loadgen"))
                 .args(args)
-                .env("_RJEM_MALLOC_CONF", LOADGEN_MALLOC_CONF)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
