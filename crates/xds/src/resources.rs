@@ -625,9 +625,8 @@ fn virtual_service_route_ports(
 }
 
 /// A whole set built once per class, and shared with the classes whose set holds the same
-/// resources.
-/// `like`: a set that probably has the same names in the same order, whose index a new set
-/// can share.
+/// resources. `like`: a set that probably has the same names in the same order, whose index
+/// a new set can share.
 fn shared_set<K: Eq + std::hash::Hash>(
     cache: &DashMap<K, Resources>,
     content: &ContentInterner,
@@ -890,8 +889,8 @@ impl ResourceCache {
             || {
                 let namespace = proxy.namespace.clone();
                 match before {
-                    // Same names, same order: keep every assignment but those of the services whose
-                    // endpoints changed.
+                    // Same names, same order: keep every assignment but those of the
+                    // services whose endpoints changed.
                     Some((set, hosts)) if set.len() == names.len() => {
                         let mut items = set.as_slice().to_vec();
                         for host in hosts {
