@@ -1875,6 +1875,13 @@ mod tests {
             &two.of(Kind::Cluster).held
         ));
         assert_eq!(one.held_hashes(), each.held_hashes());
+        // Before a measured window a sidecar takes its own copy, holding the same.
+        two.own_tables();
+        assert!(!Arc::ptr_eq(
+            &one.of(Kind::Cluster).held,
+            &two.of(Kind::Cluster).held
+        ));
+        assert_eq!(one.held_hashes(), two.held_hashes());
         assert_eq!(shared_followups.eds, each_followups.eds);
         assert_eq!(one.eds.as_ref().unwrap().id, each.eds.as_ref().unwrap().id);
         let endpoints = [
