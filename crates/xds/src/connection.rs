@@ -552,8 +552,8 @@ impl Connection {
             Held::Set(old) => ctx.cache.diff(old, &current),
             Held::Versions(versions) => Arc::new(ctx.cache.diff_versions(versions, &current)),
         };
-        let changed: Vec<Arc<Resource>> = if force || fresh.is_some() {
-            current
+        let changed = if force || fresh.is_some() {
+            let selected = current
                 .iter()
                 .filter(|r| {
                     force
@@ -563,9 +563,10 @@ impl Connection {
                         || watch.held.version_of(&r.name) != Some(&*r.version)
                 })
                 .cloned()
-                .collect()
+                .collect();
+            Batch::from_set(&current, selected)
         } else {
-            diff.changed.clone()
+            Batch::changed_in(&current, &diff)
         };
         let removed: Vec<Arc<str>> = if watch.wildcard {
             diff.removed.clone()
@@ -600,7 +601,7 @@ impl Connection {
                 resources: if watch.wildcard || kind.is_none() {
                     Batch::Whole(current)
                 } else {
-                    Batch::from_set(&current, changed)
+                    changed
                 },
                 type_url: type_url.to_string(),
                 nonce,
@@ -608,7 +609,7 @@ impl Connection {
             }),
             Flavor::Delta => Outgoing::Delta(DeltaResponse {
                 system_version_info: ctx.version_info.clone(),
-                resources: Batch::from_set(&current, changed),
+                resources: changed,
                 type_url: type_url.to_string(),
                 removed_resources: removed,
                 nonce,

@@ -7,7 +7,7 @@
 //! generated message would (fields in tag order, defaults omitted).
 
 use crate::connection::Outgoing;
-use crate::resources::{Resource, ResourceSet, Resources};
+use crate::resources::{Resource, ResourceSet, Resources, SetDiff};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint};
@@ -22,6 +22,10 @@ pub enum Batch {
     /// response sends slices of them.
     Whole(Resources),
     Some(Vec<Arc<Resource>>),
+    /// What changed between two sets: shared by every proxy pushed the same change, which
+    /// then copies no pointers per resource (each a reference count the runtime's threads
+    /// would take turns at).
+    Changed(Arc<SetDiff>),
 }
 
 impl Batch {
@@ -31,6 +35,15 @@ impl Batch {
             Batch::Whole(set.clone())
         } else {
             Batch::Some(selected)
+        }
+    }
+
+    /// What `diff` found changed in `set` (the whole set when it is all of it).
+    pub fn changed_in(set: &Resources, diff: &Arc<SetDiff>) -> Self {
+        if !set.is_empty() && diff.changed.len() == set.len() {
+            Batch::Whole(set.clone())
+        } else {
+            Batch::Changed(diff.clone())
         }
     }
 }
@@ -48,6 +61,7 @@ impl Deref for Batch {
         match self {
             Batch::Whole(set) => set.as_slice(),
             Batch::Some(resources) => resources,
+            Batch::Changed(diff) => &diff.changed,
         }
     }
 }
@@ -304,7 +318,7 @@ impl Pieces for SotwResponse {
     fn shared_entries(&self) -> Option<&Bytes> {
         match &self.resources {
             Batch::Whole(set) => set.sotw_entries(),
-            Batch::Some(_) => None,
+            Batch::Some(_) | Batch::Changed(_) => None,
         }
     }
 
@@ -357,7 +371,7 @@ impl Pieces for DeltaResponse {
     fn shared_entries(&self) -> Option<&Bytes> {
         match &self.resources {
             Batch::Whole(set) => set.delta_entries(),
-            Batch::Some(_) => None,
+            Batch::Some(_) | Batch::Changed(_) => None,
         }
     }
 
@@ -706,6 +720,33 @@ mod tests {
         };
         assert_eq!(shared.encoded_len(), generated.encoded_len());
         assert_eq!(shared.encode_to_vec(), generated.encode_to_vec());
+        // The same resources as a shared diff's changes: the same bytes.
+        let diff = Arc::new(SetDiff {
+            changed: resources.clone(),
+            removed: Vec::new(),
+        });
+        let from_diff = DeltaResponse {
+            resources: Batch::Changed(diff),
+            ..shared.clone()
+        };
+        assert_eq!(from_diff.encode_to_vec(), generated.encode_to_vec());
+    }
+
+    #[test]
+    fn a_diff_that_changed_the_whole_set_is_sent_as_the_set() {
+        let set: Resources = Arc::new(ResourceSet::new(resources()));
+        let all = Arc::new(SetDiff {
+            changed: resources(),
+            removed: Vec::new(),
+        });
+        assert!(matches!(Batch::changed_in(&set, &all), Batch::Whole(s) if Arc::ptr_eq(&s, &set)));
+        let one = Arc::new(SetDiff {
+            changed: resources()[..1].to_vec(),
+            removed: Vec::new(),
+        });
+        assert!(
+            matches!(Batch::changed_in(&set, &one), Batch::Changed(d) if Arc::ptr_eq(&d, &one))
+        );
     }
 
     #[test]
