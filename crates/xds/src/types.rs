@@ -153,8 +153,8 @@ impl TypeKey {
 /// Per-type state of one connection, by type URL: a few entries in one sorted vector (a
 /// `BTreeMap` allocates a node for eleven, ~2 KB per map and connection for a watch). Served
 /// types are keyed by their [`ResourceType`], so that a lookup is one match on the URL and a
-/// search among small integers. Binary searches over the URLs themselves, which share their
-/// first 33 bytes, were ~4% of the server's profile under endpoint churn.
+/// search among small integers: binary searches over the URLs themselves, which share their
+/// first 33 bytes, cost ~4% of the server under endpoint churn.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ByTypeUrl<V>(litemap::LiteMap<TypeKey, V>);
 
