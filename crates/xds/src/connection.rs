@@ -21,7 +21,7 @@ use crate::delta_request::{DeltaRequest, HeldVersions, sort_names_for_matching};
 use crate::request::{SotwRequest, fingerprint_name_bytes, fingerprint_names};
 use crate::resources::{NameSet, Resource, ResourceCache, Resources, SetDiff};
 use crate::response::{Batch, DeltaResponse, SotwResponse};
-use crate::types::{ByTypeUrl, ResourceType, TypeSet};
+use crate::types::{ByTypeUrl, ResourceType, TypeSet, type_url_key};
 use meshpilot_model::{ObjectKey, Proxy};
 use meshpilot_translate::vhds::route_config_of;
 use std::collections::BTreeMap;
@@ -310,7 +310,7 @@ impl Connection {
         let req: SotwRequest = req.into();
         self.refresh_proxy(ctx);
         let kind = ResourceType::from_type_url(&req.type_url);
-        let watch = self.watches.entry_or_default(&req.type_url);
+        let watch = self.watches.entry(type_url_key(&req.type_url)).or_default();
         if req.response_nonce.is_empty() {
             // First request for this type, or a reconnect: start over with the full state.
             watch.wildcard = kind.is_none_or(ResourceType::is_wildcard);
@@ -352,7 +352,7 @@ impl Connection {
         let is_new = !self.watches.contains_key(req.type_url.as_str());
         let virtual_host_configs = (is_new && kind == Some(ResourceType::VirtualHost))
             .then(|| self.virtual_host_subscription(&req, ctx));
-        let watch = self.watches.entry_or_default(&req.type_url);
+        let watch = self.watches.entry(type_url_key(&req.type_url)).or_default();
         if is_new {
             // Bytes: the strings were checked when the request was decoded.
             let explicit: Vec<&[u8]> = req.subscribe.iter_bytes().filter(|n| *n != b"*").collect();

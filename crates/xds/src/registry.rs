@@ -5,7 +5,7 @@
 use crate::connection::{Connection, Flavor, Held, Watch};
 use crate::publish::Published;
 use crate::resources::NameSet;
-use crate::types::{ByTypeUrl, ResourceType, TypeSet};
+use crate::types::{ByTypeUrl, ResourceType, TypeSet, type_url_key};
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::core::v3::Locality;
 use meshpilot_model::Proxy;
@@ -136,7 +136,8 @@ impl ConnectionStatus {
             match self.watches.get_mut(url) {
                 Some(status) => status.refresh(watch, sent_at),
                 None => {
-                    self.watches.insert(url, WatchStatus::of(watch, sent_at));
+                    self.watches
+                        .insert(type_url_key(url), WatchStatus::of(watch, sent_at));
                 }
             }
         };
@@ -152,7 +153,7 @@ impl ConnectionStatus {
                 }
             }
             _ => {
-                for (url, watch) in watches.iter() {
+                for (url, watch) in watches {
                     refresh(url, watch);
                 }
             }
@@ -394,7 +395,7 @@ mod tests {
         let cluster = "outbound|9080||reviews.default.svc.cluster.local";
         let watches = ByTypeUrl::from_iter([
             (
-                type_urls::CLUSTER,
+                type_urls::CLUSTER.into(),
                 WatchStatus {
                     wildcard: true,
                     held: Held::Set(Arc::new(ResourceSet::new(vec![Resource::encode(
@@ -408,7 +409,7 @@ mod tests {
                 },
             ),
             (
-                type_urls::ENDPOINT,
+                type_urls::ENDPOINT.into(),
                 WatchStatus {
                     subscribed: Arc::new(NameSet::new([cluster])),
                     sent_nonce: "v/1-3".into(),

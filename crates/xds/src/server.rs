@@ -8,11 +8,10 @@ use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
 use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus, StreamKind};
 use crate::request::SotwRequest;
-use crate::types::{ByTypeUrl, ResourceType, TypeSet};
+use crate::types::{ByTypeUrl, ResourceType, TypeSet, type_url_key};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meshpilot_model::{Proxy, ProxyMetadata};
 use meshpilot_translate::vhds::ROUTE_CONFIG_HEADER;
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -476,11 +475,7 @@ async fn serve_stream(
             let kind = ResourceType::from_type_url(response.type_url());
             touched = touch(touched, kind);
             turn.pushed(kind);
-            // Kept past the send: the static URL of a served type, a copy of any other.
-            let type_url: Cow<'static, str> = match kind {
-                Some(kind) => kind.type_url().into(),
-                None => response.type_url().to_owned().into(),
-            };
+            let type_url = type_url_key(response.type_url());
             let bytes = response.resource_bytes();
             if sink.capacity() == 0 {
                 // The proxy is not reading: waiting here, the stream would not see its turn run
@@ -496,7 +491,7 @@ async fn serve_stream(
             match delivery.sent_at.get_mut(&type_url) {
                 Some(sent_at) => *sent_at = now,
                 None => {
-                    delivery.sent_at.insert(&type_url, now);
+                    delivery.sent_at.insert(type_url, now);
                 }
             }
             delivery.last_push = Some(now);

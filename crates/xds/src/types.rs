@@ -3,6 +3,7 @@
 
 use meshpilot_model::{ChangeSet, ConfigKind, Snapshot};
 use meshpilot_translate::type_urls;
+use std::borrow::Cow;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
@@ -133,119 +134,18 @@ pub fn affected_types(changes: &ChangeSet, snapshot: &Snapshot) -> TypeSet {
     set
 }
 
-/// Key of a [`ByTypeUrl`]: a served type by its enum, any other type URL by its text. Served
-/// types order as their type URLs do, and before any other.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum TypeKey {
-    Served(ResourceType),
-    Other(Box<str>),
-}
+/// Per-type state of one connection, by type URL: a few entries in one sorted vector. (A
+/// `BTreeMap` allocates a node for eleven, ~2 KB per map and connection for a watch.) Keys of
+/// the types meshpilot serves are its static strings ([`type_url_key`]): a lookup compares
+/// against the same few strings for every connection, which stay in cache, where a `String`
+/// per connection and key cost a cache miss per comparison (~4% of the server under churn).
+pub type ByTypeUrl<V> = litemap::LiteMap<Cow<'static, str>, V>;
 
-impl TypeKey {
-    fn url(&self) -> &str {
-        match self {
-            TypeKey::Served(kind) => kind.type_url(),
-            TypeKey::Other(url) => url,
-        }
-    }
-}
-
-/// Per-type state of one connection, by type URL: a few entries in one sorted vector (a
-/// `BTreeMap` allocates a node for eleven, ~2 KB per map and connection for a watch). Served
-/// types are keyed by their [`ResourceType`], so that a lookup is one match on the URL and a
-/// search among small integers: binary searches over the URLs themselves, which share their
-/// first 33 bytes, cost ~4% of the server under endpoint churn.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ByTypeUrl<V>(litemap::LiteMap<TypeKey, V>);
-
-impl<V> Default for ByTypeUrl<V> {
-    fn default() -> Self {
-        ByTypeUrl(litemap::LiteMap::new())
-    }
-}
-
-impl<V> ByTypeUrl<V> {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn get(&self, url: &str) -> Option<&V> {
-        match ResourceType::from_type_url(url) {
-            Some(kind) => self.0.get(&TypeKey::Served(kind)),
-            None => self
-                .0
-                .iter()
-                .find(|(key, _)| key.url() == url)
-                .map(|(_, v)| v),
-        }
-    }
-
-    pub fn get_mut(&mut self, url: &str) -> Option<&mut V> {
-        match ResourceType::from_type_url(url) {
-            Some(kind) => self.0.get_mut(&TypeKey::Served(kind)),
-            None => self
-                .0
-                .iter_mut()
-                .find(|(key, _)| key.url() == url)
-                .map(|(_, v)| v),
-        }
-    }
-
-    pub fn contains_key(&self, url: &str) -> bool {
-        self.get(url).is_some()
-    }
-
-    /// The value of `url`, inserted as its default when absent.
-    pub fn entry_or_default(&mut self, url: &str) -> &mut V
-    where
-        V: Default,
-    {
-        if !self.contains_key(url) {
-            self.insert(url, V::default());
-        }
-        self.get_mut(url).expect("inserted above")
-    }
-
-    pub fn insert(&mut self, url: &str, value: V) -> Option<V> {
-        let key = match ResourceType::from_type_url(url) {
-            Some(kind) => TypeKey::Served(kind),
-            None => TypeKey::Other(url.into()),
-        };
-        self.0.insert(key, value)
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.0.clear();
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.0.iter().map(|(key, value)| (key.url(), value))
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.0.values()
-    }
-
-    pub fn retain(&mut self, mut keep: impl FnMut(&str, &V) -> bool) {
-        self.0.retain(|key, value| keep(key.url(), value));
-    }
-}
-
-impl<'a, V> FromIterator<(&'a str, V)> for ByTypeUrl<V> {
-    fn from_iter<I: IntoIterator<Item = (&'a str, V)>>(entries: I) -> Self {
-        let mut map = ByTypeUrl::new();
-        for (url, value) in entries {
-            map.insert(url, value);
-        }
-        map
+/// A [`ByTypeUrl`] key: the static type URL of a served type, or a copy of any other.
+pub fn type_url_key(url: &str) -> Cow<'static, str> {
+    match ResourceType::from_type_url(url) {
+        Some(kind) => Cow::Borrowed(kind.type_url()),
+        None => Cow::Owned(url.to_owned()),
     }
 }
 
@@ -255,31 +155,25 @@ mod tests {
     use meshpilot_model::{ConfigKey, Hostname};
 
     #[test]
-    fn type_url_maps_find_served_and_other_types_in_type_url_order() {
+    fn served_type_urls_key_by_their_static_string_and_others_by_a_copy() {
+        for kind in ResourceType::PUSH_ORDER {
+            let key = type_url_key(kind.type_url());
+            assert!(matches!(key, Cow::Borrowed(k) if std::ptr::eq(k, kind.type_url())));
+        }
         let other = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-        let mut map = ByTypeUrl::from_iter([
-            (other, 3),
-            (type_urls::LISTENER, 2),
-            (type_urls::CLUSTER, 1),
+        assert!(matches!(type_url_key(other), Cow::Owned(ref k) if k == other));
+        // Lookups by any `&str` still find them, in type URL order.
+        let map = ByTypeUrl::from_iter([
+            (type_url_key(other), 3),
+            (type_url_key(type_urls::LISTENER), 2),
+            (type_url_key(type_urls::CLUSTER), 1),
         ]);
         assert_eq!(map.get(type_urls::CLUSTER.to_string().as_str()), Some(&1));
-        assert_eq!(map.get(other.to_string().as_str()), Some(&3));
-        assert_eq!(map.get(type_urls::ROUTE), None);
-        *map.get_mut(other).expect("present") += 10;
-        *map.entry_or_default(type_urls::ROUTE) += 4;
-        let order: Vec<(&str, i32)> = map.iter().map(|(k, v)| (k, *v)).collect();
-        assert_eq!(
-            order,
-            [
-                (type_urls::CLUSTER, 1),
-                (type_urls::LISTENER, 2),
-                (type_urls::ROUTE, 4),
-                (other, 13)
-            ]
-        );
-        map.retain(|url, _| url != type_urls::LISTENER);
-        assert!(!map.contains_key(type_urls::LISTENER));
-        assert_eq!(map.len(), 3);
+        assert_eq!(map.get(other), Some(&3));
+        let order: Vec<&str> = map.iter().map(|(k, _)| k.as_ref()).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted);
     }
 
     #[test]
