@@ -1525,7 +1525,7 @@ fn open_vhds_streams(
     config: &SidecarConfig,
     state: &Arc<Mutex<SidecarState>>,
     s: &mut SidecarState,
-    channel: &tonic::transport::Channel,
+    channel: &grpc::Channel,
     streams: &mut tokio::task::JoinSet<()>,
 ) {
     for (key, route) in s.take_unopened_vhds() {
@@ -1544,7 +1544,7 @@ fn open_vhds_streams(
 async fn run_vhds(
     config: &SidecarConfig,
     state: &Mutex<SidecarState>,
-    mut channel: tonic::transport::Channel,
+    mut channel: grpc::Channel,
     route_key: u64,
     route: &Bytes,
 ) -> Result<()> {
@@ -1586,9 +1586,9 @@ async fn run_vhds(
 /// A client that opens an ADS stream, asks for clusters, and then never reads: its connection
 /// stays open with small flow-control windows that fill up.
 pub struct StalledClient {
-    _channel: tonic::transport::Channel,
+    _channel: grpc::Channel,
     _requests: mpsc::UnboundedSender<LiteDiscoveryRequest>,
-    _stream: grpc::GrpcStream,
+    _stream: grpc::GrpcStream<LiteDiscoveryRequest>,
 }
 
 impl StalledClient {

@@ -1,24 +1,27 @@
-//! A bidirectional gRPC stream over a tonic `Channel` with its own message framing. tonic's
-//! `Streaming` copies each message into a receive buffer that stays as large as the largest
-//! message for as long as the stream lives (a megabyte or more per simulated sidecar,
-//! gigabytes for thousands). Here a message is the HTTP/2 data chunks it arrived in
+//! A bidirectional gRPC stream straight over an `h2` connection, with its own message
+//! framing. tonic's `Streaming` copies each message into a receive buffer that stays as large
+//! as the largest message for as long as the stream lives (a megabyte or more per simulated
+//! sidecar, gigabytes for thousands). Here a message is the HTTP/2 data chunks it arrived in
 //! ([`Chunks`]), decoded in place: resources inside one chunk are not copied at all, and
 //! nothing is kept once the caller drops the message.
+//!
+//! Requests go out from the task that reads the stream, straight into h2's send buffer: a
+//! hyper client (tonic's `Channel`) pumps a streaming request body through a task of its own,
+//! one more task wake-up per ACK for every simulated sidecar, on the cores the server under
+//! test shares.
 //!
 //! Messages being received hold a share of a process-wide byte budget ([`BUDGET_BYTES`]): when
 //! thousands of sidecars receive multi-megabyte messages at once, the rest wait (unread, so
 //! HTTP/2 flow control holds the server back) instead of exhausting memory.
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http_body_util::BodyExt;
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::codegen::{Service, http};
-use tonic::transport::Channel;
+use tonic::codegen::http;
 
 /// gRPC's length-prefixed message header: compression flag and big-endian length.
 const HEADER: usize = 5;
@@ -123,15 +126,93 @@ pub struct Message {
     _budget: Option<OwnedSemaphorePermit>,
 }
 
-pub struct GrpcStream {
-    body: tonic::body::Body,
+/// One HTTP/2 connection to the server; clones open streams on the same connection.
+#[derive(Clone)]
+pub struct Channel {
+    streams: h2::client::SendRequest<Bytes>,
+    authority: String,
+}
+
+/// Opens a connection with the given HTTP/2 flow-control windows. The connection is driven
+/// by a task of its own, which ends once every clone and stream of it is dropped.
+pub async fn connect(addr: &str, stream_window: u32, connection_window: u32) -> Result<Channel> {
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (streams, connection) = h2::client::Builder::new()
+            .initial_window_size(stream_window)
+            .initial_connection_window_size(connection_window)
+            .handshake::<_, Bytes>(tcp)
+            .await?;
+        tokio::spawn(async move {
+            // Its end (or failure) reaches the streams as their own errors.
+            let _ = connection.await;
+        });
+        anyhow::Ok(streams)
+    };
+    let streams = tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|r| r)
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(Channel {
+        streams,
+        authority: addr.to_string(),
+    })
+}
+
+/// gRPC messages being cut out of the data chunks of a stream.
+#[derive(Default)]
+struct Framing {
     buf: Chunks,
+}
+
+pub struct GrpcStream<Req> {
+    body: h2::RecvStream,
+    framing: Framing,
     /// The budget held for the message being received.
     budget: Option<OwnedSemaphorePermit>,
     finished: bool,
+    requests: Requests<Req>,
 }
 
-/// Opens `path` on `channel`, sending every request queued on `requests`.
+/// The request half: what the caller queues, written out by the task reading the stream.
+struct Requests<Req> {
+    stream: h2::SendStream<Bytes>,
+    queued: mpsc::UnboundedReceiver<Req>,
+    /// The caller dropped its sender (the request half is ended), or the stream is gone (what
+    /// ended it reaches the reading side).
+    done: bool,
+}
+
+impl<Req: Outbound> Requests<Req> {
+    /// Writes out every request queued so far, and ends the request half once the caller has
+    /// dropped its sender. h2 buffers data past the flow-control window, so this never waits.
+    fn poll_flush(&mut self, cx: &mut std::task::Context<'_>) {
+        while !self.done {
+            let sent = match self.queued.poll_recv(cx) {
+                Poll::Ready(Some(request)) => self.stream.send_data(request.frame(), false),
+                Poll::Ready(None) => {
+                    self.done = true;
+                    self.stream.send_data(Bytes::new(), true)
+                }
+                Poll::Pending => break,
+            };
+            if sent.is_err() {
+                self.done = true;
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        std::future::poll_fn(|cx| {
+            self.poll_flush(cx);
+            Poll::Ready(())
+        })
+        .await
+    }
+}
+
 /// A request as the gRPC frame that carries it.
 pub trait Outbound: Send + 'static {
     fn frame(&self) -> Bytes;
@@ -143,11 +224,12 @@ impl<M: prost::Message + 'static> Outbound for M {
     }
 }
 
+/// Opens `path` on `channel`, sending every request queued on `requests`.
 pub async fn open<Req: Outbound>(
     channel: &mut Channel,
     path: &'static str,
     requests: mpsc::UnboundedReceiver<Req>,
-) -> Result<GrpcStream> {
+) -> Result<GrpcStream<Req>> {
     open_with(channel, path, &[], requests).await
 }
 
@@ -157,22 +239,29 @@ pub async fn open_with<Req: Outbound>(
     path: &'static str,
     metadata: &[(&'static str, String)],
     requests: mpsc::UnboundedReceiver<Req>,
-) -> Result<GrpcStream> {
-    let frames = UnboundedReceiverStream::new(requests)
-        .map(|r| Ok::<_, std::convert::Infallible>(http_body::Frame::data(r.frame())));
+) -> Result<GrpcStream<Req>> {
     let mut request = http::Request::builder()
         .method(http::Method::POST)
-        .uri(path)
+        .uri(format!("http://{}{path}", channel.authority))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
     for (key, value) in metadata {
         request = request.header(*key, value.as_str());
     }
-    let request = request.body(tonic::body::Body::new(http_body_util::StreamBody::new(
-        frames,
-    )))?;
-    std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
-    let response = channel.call(request).await?;
+    let request = request.body(())?;
+    let mut streams = channel.streams.clone().ready().await?;
+    let (mut response, stream) = streams.send_request(request, false)?;
+    let mut requests = Requests {
+        stream,
+        queued: requests,
+        done: false,
+    };
+    // The server answers with headers once it has read the first request.
+    let response = std::future::poll_fn(|cx| {
+        requests.poll_flush(cx);
+        std::pin::Pin::new(&mut response).poll(cx)
+    })
+    .await?;
     if response.status() != http::StatusCode::OK {
         bail!("HTTP status {}", response.status());
     }
@@ -180,9 +269,10 @@ pub async fn open_with<Req: Outbound>(
     check_status(response.headers())?;
     Ok(GrpcStream {
         body: response.into_body(),
-        buf: Chunks::default(),
+        framing: Framing::default(),
         budget: None,
         finished: false,
+        requests,
     })
 }
 
@@ -219,44 +309,55 @@ fn check_status(headers: &http::HeaderMap) -> Result<()> {
     }
 }
 
-impl GrpcStream {
-    /// The next message, or None when the server ended the stream with status OK.
+impl<Req: Outbound> GrpcStream<Req> {
+    /// The next message, or None when the server ended the stream with status OK. Writes out
+    /// the requests queued meanwhile.
     pub async fn next_message(&mut self) -> Result<Option<Message>> {
+        self.requests.flush().await;
         loop {
-            if let Some(body) = self.take_message()? {
+            if let Some(body) = self.framing.take_message()? {
                 return Ok(Some(Message {
                     body,
                     _budget: self.budget.take(),
                 }));
             }
             if self.budget.is_none()
-                && let Some(len) = self.pending_len()
+                && let Some(len) = self.framing.pending_len()
             {
                 let units = (len / BUDGET_UNIT + 1).min(BUDGET_BYTES / BUDGET_UNIT) as u32;
                 self.budget = Some(budget().clone().acquire_many_owned(units).await?);
             }
             if self.finished {
-                if self.buf.has_remaining() {
+                if self.framing.buf.has_remaining() {
                     bail!("the stream ended inside a message");
                 }
                 return Ok(None);
             }
-            match self.body.frame().await {
-                None => self.finished = true,
-                Some(Err(status)) => return Err(status.into()),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.buf.push(data),
-                    Err(frame) => {
-                        if let Some(trailers) = frame.trailers_ref() {
-                            check_status(trailers)?;
-                        }
-                        self.finished = true;
+            let (requests, body) = (&mut self.requests, &mut self.body);
+            let data = std::future::poll_fn(|cx| {
+                requests.poll_flush(cx);
+                body.poll_data(cx)
+            })
+            .await;
+            match data {
+                Some(data) => {
+                    let data = data?;
+                    // Taken in as it arrives: the budget above is what holds back.
+                    let _ = self.body.flow_control().release_capacity(data.len());
+                    self.framing.buf.push(data);
+                }
+                None => {
+                    if let Some(trailers) = self.body.trailers().await? {
+                        check_status(&trailers)?;
                     }
-                },
+                    self.finished = true;
+                }
             }
         }
     }
+}
 
+impl Framing {
     /// The compression flag and length of the message whose header has arrived.
     fn header(&self) -> Option<(u8, usize)> {
         let header = self.buf.peek::<HEADER>()?;
@@ -283,33 +384,11 @@ impl GrpcStream {
     }
 }
 
-/// Opens a connection with the given HTTP/2 flow-control windows.
-pub async fn connect(addr: &str, stream_window: u32, connection_window: u32) -> Result<Channel> {
-    use anyhow::Context;
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(stream_window)
-        .initial_connection_window_size(connection_window)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {addr}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::lite_client::proto::LiteNamed;
     use prost::Message as _;
-
-    fn mk_stream() -> GrpcStream {
-        GrpcStream {
-            body: tonic::body::Body::empty(),
-            buf: Chunks::default(),
-            budget: None,
-            finished: false,
-        }
-    }
 
     fn named(name: &'static str) -> Bytes {
         frame(&LiteNamed {
@@ -321,7 +400,7 @@ mod tests {
     fn messages_are_cut_at_their_boundaries_across_chunks() {
         let (a, b) = (named("first"), named("second"));
         let joined = Bytes::from([a.as_ref(), b.as_ref()].concat());
-        let mut stream = mk_stream();
+        let mut stream = Framing::default();
         stream.buf.push(joined.slice(..3));
         assert!(stream.take_message().unwrap().is_none());
         stream.buf.push(joined.slice(3..a.len() + 2));
