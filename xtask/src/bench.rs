@@ -677,10 +677,7 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
         Ok(value) => {
             report.insert(key.to_string(), value);
         }
-        Err(e) => {
-            eprintln!("xtask: bench: {key} failed: {e:#}");
-            errors.push(json!({"scenario": key, "error": format!("{e:#}")}));
-        }
+        Err(e) => record_error(errors, key, &e),
     };
     let path = bench.work.join("report.json");
     for scenario in &options.scenarios {
@@ -703,25 +700,15 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
                     } else {
                         1
                     };
-                    let mut tries = Vec::new();
-                    for run in 1..=repeats {
-                        eprintln!(
-                            "xtask: bench: cold, {count} sidecars ({flavor}), run {run}/{repeats}"
-                        );
-                        match cold(&bench, count, flavor) {
-                            Ok(r) => tries.push(r),
-                            Err(e) => record(
-                                &mut report,
-                                &mut errors,
-                                &format!("cold-{flavor}-{count}-run-{run}"),
-                                Err(e),
-                            ),
-                        }
+                    let key = format!("cold-{flavor}-{count}");
+                    let repeated =
+                        repeat(repeats, &key, flavor, count, cold_p99, &mut errors, || {
+                            cold(&bench, count, flavor)
+                        });
+                    if repeats > 1 {
+                        medians.extend(repeated.median);
                     }
-                    if repeats > 1 && !tries.is_empty() {
-                        medians.push(median_of(&tries, cold_p99, flavor, count));
-                    }
-                    runs.extend(median_run(tries, cold_p99));
+                    runs.extend(repeated.middle);
                 }
                 let slope = rss_slope(&runs);
                 report.insert("cold".into(), json!(runs));
@@ -731,23 +718,17 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
             "churn" => {
                 let mut medians = Vec::new();
                 for (key, flavor) in [("churn", "sotw"), ("churn_delta", "delta")] {
-                    let mut tries = Vec::new();
-                    for run in 1..=CHURN_TARGET_RUNS {
-                        eprintln!("xtask: bench: churn ({flavor}), run {run}/{CHURN_TARGET_RUNS}");
-                        match churn(&bench, key, n(5000), 100, 0, flavor) {
-                            Ok(r) => tries.push(r),
-                            Err(e) => record(
-                                &mut report,
-                                &mut errors,
-                                &format!("{key}-run-{run}"),
-                                Err(e),
-                            ),
-                        }
-                    }
-                    if !tries.is_empty() {
-                        medians.push(median_of(&tries, churn_p99, flavor, n(5000)));
-                    }
-                    if let Some(middle) = median_run(tries, churn_p99) {
+                    let repeated = repeat(
+                        CHURN_TARGET_RUNS,
+                        key,
+                        flavor,
+                        n(5000),
+                        churn_p99,
+                        &mut errors,
+                        || churn(&bench, key, n(5000), 100, 0, flavor),
+                    );
+                    medians.extend(repeated.median);
+                    if let Some(middle) = repeated.middle {
                         report.insert(key.into(), middle);
                     }
                 }
@@ -777,25 +758,17 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
             "restart" => {
                 let mut medians = Vec::new();
                 for (key, flavor) in [("restart", "sotw"), ("restart_delta", "delta")] {
-                    let mut tries = Vec::new();
-                    for run in 1..=RESTART_TARGET_RUNS {
-                        eprintln!(
-                            "xtask: bench: restart ({flavor}), run {run}/{RESTART_TARGET_RUNS}"
-                        );
-                        match restart(&bench, key, n(5000), flavor) {
-                            Ok(r) => tries.push(r),
-                            Err(e) => record(
-                                &mut report,
-                                &mut errors,
-                                &format!("{key}-run-{run}"),
-                                Err(e),
-                            ),
-                        }
-                    }
-                    if !tries.is_empty() {
-                        medians.push(median_of(&tries, restart_p99, flavor, n(5000)));
-                    }
-                    if let Some(middle) = median_run(tries, restart_p99) {
+                    let repeated = repeat(
+                        RESTART_TARGET_RUNS,
+                        key,
+                        flavor,
+                        n(5000),
+                        restart_p99,
+                        &mut errors,
+                        || restart(&bench, key, n(5000), flavor),
+                    );
+                    medians.extend(repeated.median);
+                    if let Some(middle) = repeated.middle {
                         report.insert(key.into(), middle);
                     }
                 }
@@ -875,6 +848,43 @@ fn restart_p99(run: &Value) -> f64 {
     run["start_to_resynced_ms"]["p99"]
         .as_f64()
         .unwrap_or(f64::INFINITY)
+}
+
+fn record_error(errors: &mut Vec<Value>, key: &str, e: &anyhow::Error) {
+    eprintln!("xtask: bench: {key} failed: {e:#}");
+    errors.push(json!({"scenario": key, "error": format!("{e:#}")}));
+}
+
+/// A scenario run several times at one size and flavor.
+struct Repeated {
+    /// Every run's p99 and their median ([`median_of`]); None when no run worked.
+    median: Option<Value>,
+    /// The median run ([`median_run`]).
+    middle: Option<Value>,
+}
+
+/// Runs `run` `times` times, recording each failure in `errors` as `<key>-run-<i>`.
+fn repeat(
+    times: usize,
+    key: &str,
+    flavor: &str,
+    proxies: usize,
+    p99: fn(&Value) -> f64,
+    errors: &mut Vec<Value>,
+    mut run: impl FnMut() -> Result<Value>,
+) -> Repeated {
+    let mut tries = Vec::new();
+    for i in 1..=times {
+        eprintln!("xtask: bench: {key} ({flavor}, {proxies} sidecars), run {i}/{times}");
+        match run() {
+            Ok(r) => tries.push(r),
+            Err(e) => record_error(errors, &format!("{key}-run-{i}"), &e),
+        }
+    }
+    Repeated {
+        median: (!tries.is_empty()).then(|| median_of(&tries, p99, flavor, proxies)),
+        middle: median_run(tries, p99),
+    }
 }
 
 /// The middle run by `p99` (the lower of two), to stand for its size.
