@@ -25,8 +25,8 @@ pub use delta_request::{DeltaRequest, HeldVersions, WireStrings};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, ConnectedGuard, XdsMetrics, type_label};
 pub use publish::{DebounceConfig, Debouncer, Published, Publisher};
 pub use registry::{
-    ConnectionInfo, ConnectionRegistry, ConnectionStatus, Registration, StreamKind, WatchStatus,
-    config_dump,
+    ConnectionInfo, ConnectionRegistry, ConnectionStatus, Registration, StatusSource, StreamKind,
+    WatchStatus, config_dump,
 };
 pub use request::SotwRequest;
 pub use resources::{

@@ -1,11 +1,12 @@
 //! Who is connected and what each proxy has been sent: the source of istiod's debug views
-//! (`/debug/syncz`, `/debug/adsz`, `/debug/config_dump`). Each stream task keeps its own entry
-//! up to date after every request and push; the entry goes when the stream ends.
+//! (`/debug/syncz`, `/debug/adsz`, `/debug/config_dump`). Each stream registers where its
+//! status can be read ([`StatusSource`]); a view builds the statuses when it asks, and the
+//! entry goes when the stream ends.
 
 use crate::connection::{Connection, Flavor, Held, Watch};
 use crate::publish::Published;
 use crate::resources::NameSet;
-use crate::types::{ByTypeUrl, ResourceType, TypeSet, type_url_key};
+use crate::types::{ByTypeUrl, ResourceType, type_url_key};
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::core::v3::Locality;
 use meshpilot_model::Proxy;
@@ -14,7 +15,7 @@ use meshpilot_translate::type_urls;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Which service a stream belongs to.
@@ -46,8 +47,7 @@ pub struct ConnectionInfo {
 }
 
 /// One type's subscription and delivery state, as the debug views show it. Holds the
-/// connection's shared sets (a few pointers), not copies of their names: it is refreshed on
-/// every request and push.
+/// connection's shared sets (a few pointers), not copies of their names.
 #[derive(Clone, Debug, Default)]
 pub struct WatchStatus {
     pub wildcard: bool,
@@ -64,30 +64,16 @@ pub struct WatchStatus {
 
 impl WatchStatus {
     pub fn of(watch: &Watch, sent_at: Option<SystemTime>) -> Self {
-        let mut status = WatchStatus::default();
-        status.refresh(watch, sent_at);
-        status
-    }
-
-    /// Brings this status up to `watch`, reusing its strings' memory: this runs on every
-    /// request and push of every connection.
-    pub fn refresh(&mut self, watch: &Watch, sent_at: Option<SystemTime>) {
-        fn copy(target: &mut String, source: &Option<String>) {
-            target.clear();
-            target.push_str(source.as_deref().unwrap_or_default());
+        WatchStatus {
+            wildcard: watch.wildcard,
+            subscribed: watch.names.clone(),
+            held: watch.held.clone(),
+            sent_nonce: watch.last_sent_nonce.clone().unwrap_or_default(),
+            acked_nonce: watch.acked_nonce.clone().unwrap_or_default(),
+            sent_at,
+            last_error: watch.last_error.clone(),
+            nacks: watch.nacks,
         }
-        self.wildcard = watch.wildcard;
-        if !Arc::ptr_eq(&self.subscribed, &watch.names) {
-            self.subscribed = watch.names.clone();
-        }
-        self.held.clone_from(&watch.held);
-        copy(&mut self.sent_nonce, &watch.last_sent_nonce);
-        copy(&mut self.acked_nonce, &watch.acked_nonce);
-        self.sent_at = sent_at;
-        if self.last_error != watch.last_error {
-            self.last_error.clone_from(&watch.last_error);
-        }
-        self.nacks = watch.nacks;
     }
 
     /// Explicitly subscribed names; for a wildcard watch, the names the proxy holds.
@@ -115,56 +101,30 @@ pub struct ConnectionStatus {
 }
 
 impl ConnectionStatus {
-    /// Brings the entry up to the connection's state after a request or push, copying only
-    /// what changed: the watches of the `touched` types (`None`: every type), and all of them
-    /// when a watch came or went. Only a proxy's labels change while it is connected.
-    pub fn refresh(
-        &mut self,
+    /// The status of `connection` as it is now: its proxy and watches, when each type was
+    /// last sent (`sent_at`), and the published state it last computed responses from.
+    pub fn of(
+        info: Arc<ConnectionInfo>,
         connection: &Connection,
-        touched: Option<TypeSet>,
         sent_at: &ByTypeUrl<SystemTime>,
         pushed_from: &Arc<Published>,
         last_push: Option<SystemTime>,
-    ) {
-        if !Arc::ptr_eq(&self.proxy.labels, &connection.proxy().labels) {
-            self.proxy.clone_from(connection.proxy());
+    ) -> Self {
+        let watches = connection
+            .watches()
+            .iter()
+            .map(|(url, watch)| {
+                let sent_at = sent_at.get(url).copied();
+                (type_url_key(url), WatchStatus::of(watch, sent_at))
+            })
+            .collect();
+        ConnectionStatus {
+            info,
+            proxy: connection.proxy().clone(),
+            watches,
+            pushed_from: pushed_from.clone(),
+            last_push,
         }
-        let watches = connection.watches();
-        let all = touched.is_none() || self.watches.len() != watches.len();
-        let mut refresh = |url: &str, watch: &Watch| {
-            let sent_at = sent_at.get(url).copied();
-            match self.watches.get_mut(url) {
-                Some(status) => status.refresh(watch, sent_at),
-                None => {
-                    self.watches
-                        .insert(type_url_key(url), WatchStatus::of(watch, sent_at));
-                }
-            }
-        };
-        match touched {
-            Some(types) if !all => {
-                for kind in ResourceType::PUSH_ORDER
-                    .into_iter()
-                    .filter(|k| types.contains(*k))
-                {
-                    if let Some(watch) = watches.get(kind.type_url()) {
-                        refresh(kind.type_url(), watch);
-                    }
-                }
-            }
-            _ => {
-                for (url, watch) in watches {
-                    refresh(url, watch);
-                }
-            }
-        }
-        if self.watches.len() != watches.len() {
-            self.watches.retain(|url, _| watches.contains_key(url));
-        }
-        if !Arc::ptr_eq(&self.pushed_from, pushed_from) {
-            self.pushed_from = pushed_from.clone();
-        }
-        self.last_push = last_push;
     }
 }
 
@@ -178,32 +138,32 @@ impl std::fmt::Debug for ConnectionStatus {
     }
 }
 
+/// Where a connection's status is read from, when a view asks: the stream's own state, so
+/// that streams copy nothing for the views on their requests and pushes (a copy per push was
+/// a cache miss per push into memory only the views read).
+pub trait StatusSource: Send + Sync {
+    fn status(&self) -> ConnectionStatus;
+}
+
 /// Every connection this server holds, by connection id.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ConnectionRegistry {
-    connections: DashMap<String, SharedStatus>,
+    connections: DashMap<String, Arc<dyn StatusSource>>,
 }
 
-type SharedStatus = Arc<Mutex<ConnectionStatus>>;
-
-fn lock(status: &SharedStatus) -> MutexGuard<'_, ConnectionStatus> {
-    // A panic while refreshing leaves a status that is at worst stale: still worth showing.
-    status.lock().unwrap_or_else(PoisonError::into_inner)
+impl std::fmt::Debug for ConnectionRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionRegistry")
+            .field("connections", &self.connections.len())
+            .finish()
+    }
 }
 
-/// A connection's entry, held by its stream: updated without a lookup by id, and removed
-/// from the registry when dropped, however the stream ends.
+/// A connection's entry, held by its stream: removed from the registry when dropped,
+/// however the stream ends.
 pub struct Registration {
     registry: Arc<ConnectionRegistry>,
     id: String,
-    status: SharedStatus,
-}
-
-impl Registration {
-    /// Changes this connection's entry (after every request and push).
-    pub fn update(&self, change: impl FnOnce(&mut ConnectionStatus)) {
-        change(&mut lock(&self.status));
-    }
 }
 
 impl Drop for Registration {
@@ -213,14 +173,11 @@ impl Drop for Registration {
 }
 
 impl ConnectionRegistry {
-    pub fn register(self: &Arc<Self>, status: ConnectionStatus) -> Registration {
-        let id = status.info.id.clone();
-        let status = Arc::new(Mutex::new(status));
-        self.connections.insert(id.clone(), status.clone());
+    pub fn register(self: &Arc<Self>, id: String, source: Arc<dyn StatusSource>) -> Registration {
+        self.connections.insert(id.clone(), source);
         Registration {
             registry: self.clone(),
             id,
-            status,
         }
     }
 
@@ -237,7 +194,7 @@ impl ConnectionRegistry {
         let mut all: Vec<ConnectionStatus> = self
             .connections
             .iter()
-            .map(|e| lock(e.value()).clone())
+            .map(|e| e.value().status())
             .collect();
         all.sort_by(|a, b| {
             (a.info.connected_at, &a.info.id).cmp(&(b.info.connected_at, &b.info.id))
@@ -438,8 +395,23 @@ mod tests {
         }
     }
 
+    /// A connection whose status is kept by hand.
+    impl StatusSource for std::sync::Mutex<ConnectionStatus> {
+        fn status(&self) -> ConnectionStatus {
+            self.lock().unwrap().clone()
+        }
+    }
+
+    fn fixed(status: ConnectionStatus) -> Arc<std::sync::Mutex<ConnectionStatus>> {
+        Arc::new(std::sync::Mutex::new(status))
+    }
+
+    fn register(registry: &Arc<ConnectionRegistry>, status: ConnectionStatus) -> Registration {
+        registry.register(status.info.id.clone(), fixed(status))
+    }
+
     #[test]
-    fn a_refresh_copies_the_touched_watches_and_all_of_them_when_one_is_new() {
+    fn a_status_is_the_connection_as_it_is_when_asked() {
         use crate::connection::PushContext;
         use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
         let published = published();
@@ -461,52 +433,41 @@ mod tests {
         let lds_nonce = connection.on_sotw_request(request(lds, ""), &ctx)[0]
             .nonce()
             .to_string();
-        let mut status = status("c-1", SystemTime::now());
-        status.watches.clear();
-        let times = ByTypeUrl::new();
-        status.refresh(
-            &connection,
-            Some(TypeSet::default()),
-            &times,
-            &published,
-            None,
-        );
-        assert_eq!(status.watches.len(), 2, "new watches are always copied");
-        assert_eq!(
-            status.watches.get(cds).expect("watched").sent_nonce,
-            cds_nonce
-        );
-        assert_eq!(
-            status.watches.get(lds).expect("watched").sent_nonce,
-            lds_nonce
-        );
+        let info = status("c-1", SystemTime::now()).info;
+        let mut sent_at = ByTypeUrl::new();
+        sent_at.insert(type_url_key(cds), SystemTime::UNIX_EPOCH);
+        let before = ConnectionStatus::of(info.clone(), &connection, &sent_at, &published, None);
+        assert_eq!(before.watches.len(), 2);
+        let cds_status = before.watches.get(cds).expect("watched");
+        assert_eq!(cds_status.sent_nonce, cds_nonce);
+        assert_eq!(cds_status.acked_nonce, "");
+        assert_eq!(cds_status.sent_at, Some(SystemTime::UNIX_EPOCH));
+        assert_eq!(before.watches.get(lds).expect("watched").sent_at, None);
         connection.on_sotw_request(request(cds, &cds_nonce), &ctx);
-        connection.on_sotw_request(request(lds, &lds_nonce), &ctx);
-        let mut clusters = TypeSet::default();
-        clusters.insert(ResourceType::Cluster);
-        status.refresh(&connection, Some(clusters), &times, &published, None);
+        let after = ConnectionStatus::of(info, &connection, &sent_at, &published, None);
         assert_eq!(
-            status.watches.get(cds).expect("watched").acked_nonce,
+            after.watches.get(cds).expect("watched").acked_nonce,
             cds_nonce
         );
+        let lds_status = after.watches.get(lds).expect("watched");
         assert_eq!(
-            status.watches.get(lds).expect("watched").acked_nonce,
-            "",
-            "untouched: not copied"
+            (&*lds_status.sent_nonce, &*lds_status.acked_nonce),
+            (&*lds_nonce, "")
         );
-        status.refresh(&connection, None, &times, &published, None);
         assert_eq!(
-            status.watches.get(lds).expect("watched").acked_nonce,
-            lds_nonce
+            before.watches.get(cds).expect("kept").acked_nonce,
+            "",
+            "a copy"
         );
     }
 
     #[test]
-    fn entries_leave_with_their_registration() {
+    fn entries_leave_with_their_registration_and_read_their_source() {
         let registry = Arc::new(ConnectionRegistry::default());
-        let first = registry.register(status("productpage.default-1", SystemTime::now()));
+        let source = fixed(status("productpage.default-1", SystemTime::now()));
+        let first = registry.register("productpage.default-1".into(), source.clone());
         assert_eq!(registry.len(), 1);
-        first.update(|s| s.last_push = None);
+        source.lock().unwrap().last_push = None;
         assert_eq!(registry.connections()[0].last_push, None);
         drop(first);
         assert!(registry.is_empty());
@@ -516,8 +477,11 @@ mod tests {
     fn find_matches_a_substring_and_prefers_the_newest_connection() {
         let registry = Arc::new(ConnectionRegistry::default());
         let t0 = SystemTime::now();
-        let _old = registry.register(status("productpage.default-1", t0));
-        let _new = registry.register(status("productpage.default-2", t0 + Duration::from_secs(1)));
+        let _old = register(&registry, status("productpage.default-1", t0));
+        let _new = register(
+            &registry,
+            status("productpage.default-2", t0 + Duration::from_secs(1)),
+        );
         assert_eq!(
             registry.find("productpage.default").unwrap().info.id,
             "productpage.default-2"
@@ -528,7 +492,10 @@ mod tests {
     #[test]
     fn syncz_reports_nonces_per_type() {
         let registry = Arc::new(ConnectionRegistry::default());
-        let _r = registry.register(status("productpage.default-1", SystemTime::now()));
+        let _r = register(
+            &registry,
+            status("productpage.default-1", SystemTime::now()),
+        );
         let syncz = registry.syncz(None);
         let entry = &syncz[0];
         assert_eq!(entry["proxy"], "productpage.default");
@@ -553,7 +520,10 @@ mod tests {
     #[test]
     fn adsz_lists_clients_with_watches() {
         let registry = Arc::new(ConnectionRegistry::default());
-        let _r = registry.register(status("productpage.default-1", SystemTime::now()));
+        let _r = register(
+            &registry,
+            status("productpage.default-1", SystemTime::now()),
+        );
         let adsz = registry.adsz();
         assert_eq!(adsz["totalClients"], 1);
         let client = &adsz["clients"][0];

@@ -6,7 +6,9 @@ use crate::delta_request::DeltaRequest;
 use crate::grpc::{Queued, RequestStream, ResponseBody};
 use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
-use crate::registry::{ConnectionInfo, ConnectionRegistry, ConnectionStatus, StreamKind};
+use crate::registry::{
+    ConnectionInfo, ConnectionRegistry, ConnectionStatus, StatusSource, StreamKind,
+};
 use crate::request::SotwRequest;
 use crate::types::{ByTypeUrl, ResourceType, TypeSet, type_url_key};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -14,8 +16,8 @@ use meshpilot_model::{Proxy, ProxyMetadata};
 use meshpilot_translate::vhds::ROUTE_CONFIG_HEADER;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
@@ -119,20 +121,6 @@ impl Incoming {
             Incoming::Delta(r) => r.node.as_ref(),
         }
     }
-
-    fn type_url(&self) -> &str {
-        match self {
-            Incoming::Sotw(r) => &r.type_url,
-            Incoming::Delta(r) => &r.type_url,
-        }
-    }
-}
-
-/// Adds a type to the set of touched watches; a type outside the four makes it "any".
-fn touch(touched: Option<TypeSet>, kind: Option<ResourceType>) -> Option<TypeSet> {
-    let mut types = touched?;
-    types.insert(kind?);
-    Some(types)
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -358,7 +346,7 @@ async fn serve_stream(
         locality: node.locality.clone(),
         metadata,
     });
-    let mut connection = Connection::new(id, proxy, flavor, &inner.control_plane_id);
+    let mut connection = Connection::new(id.clone(), proxy, flavor, &inner.control_plane_id);
     connection.queue_change_pushes();
     if let Served::Vhds {
         route_config: Some(route_config),
@@ -370,36 +358,38 @@ async fn serve_stream(
     let _connected =
         matches!(stream, Served::Ads(_)).then(|| inner.metrics.connected(&info.istio_version));
     let mut published = inner.published.clone();
-    let mut current = published.borrow_and_update().clone();
+    let current = published.borrow_and_update().clone();
     // Streams of changes rather than `changed()` per loop turn: a `changed()` future enqueues
     // itself on the channel's waiter list, shared by every connection, and dequeues itself
     // when a request wins the select, so each ACK took that list's lock twice per channel.
     // A stream keeps its waiter between turns.
     let mut published = WatchStream::from_changes(published);
     let mut shutdown = WatchStream::from_changes(inner.shutdown.clone());
-    let registration = inner.registry.register(ConnectionStatus {
-        info: info.clone(),
-        proxy: connection.proxy().clone(),
-        watches: ByTypeUrl::new(),
-        pushed_from: current.clone(),
-        last_push: None,
+    let shared = Arc::new(SharedStream {
+        info,
+        state: Mutex::new(StreamState {
+            connection,
+            current,
+            sent_at: ByTypeUrl::new(),
+            last_push: None,
+        }),
     });
-    let mut delivery = Delivery::default();
+    let _registration = inner.registry.register(id, shared.clone());
+    // When the oldest publish not yet fully delivered to this proxy happened.
+    let mut converging: Option<Instant> = None;
     let mut turn = Turn::default();
     // Types published changes may have touched since this proxy was last pushed.
     let mut deferred = TypeSet::default();
     let mut request = Some(first);
-    // The types whose watches the last request or push changed (`None`: maybe any).
-    let mut touched: Option<TypeSet>;
     loop {
+        // The state is locked between awaits only (`SharedStream`).
         let (trigger, outgoing, computed) = if let Some(req) = request.take() {
             let started = Instant::now();
-            let ctx = context(&current);
-            let kind = ResourceType::from_type_url(req.type_url());
-            touched = touch(Some(TypeSet::default()), kind);
+            let mut s = shared.lock();
+            let ctx = context(&s.current);
             let out = match req {
-                Incoming::Sotw(r) => connection.on_sotw_request(r, &ctx),
-                Incoming::Delta(r) => connection.on_delta_request(r, &ctx),
+                Incoming::Sotw(r) => s.connection.on_sotw_request(r, &ctx),
+                Incoming::Delta(r) => s.connection.on_delta_request(r, &ctx),
             };
             ("request", out, started.elapsed())
         } else {
@@ -420,21 +410,22 @@ async fn serve_stream(
                     let Some(next) = changed else {
                         return Err(Status::unavailable("control plane shutting down"));
                     };
-                    let affected = next.affected_since(current.version, connection.pod_key());
-                    current = next;
+                    let mut s = shared.lock();
+                    let affected = next.affected_since(s.current.version, s.connection.pod_key());
+                    s.current = next;
                     if affected.is_empty() {
                         continue;
                     }
                     // Converged once nothing for this (or an earlier) publish is owed.
-                    delivery.converging.get_or_insert(current.published_at);
+                    converging.get_or_insert(s.current.published_at);
                     if !turn.held() {
                         deferred = deferred.union(affected);
                         turn.want(&inner.push_turns);
                         continue;
                     }
                     let started = Instant::now();
-                    touched = Some(TypeSet::default());
-                    let out = connection.on_push(&context(&current), affected);
+                    let ctx = context(&s.current);
+                    let out = s.connection.on_push(&ctx, affected);
                     ("push", out, started.elapsed())
                 }
                 event = turn.next_event() => {
@@ -443,14 +434,14 @@ async fn serve_stream(
                     };
                     inner.metrics.observe_queue_time(waited);
                     let latest = inner.published.borrow().clone();
-                    let missed = latest.affected_since(current.version, connection.pod_key());
+                    let mut s = shared.lock();
+                    let missed = latest.affected_since(s.current.version, s.connection.pod_key());
                     deferred = deferred.union(missed);
-                    current = latest;
+                    s.current = latest;
                     let started = Instant::now();
-                    touched = Some(TypeSet::default());
-                    let ctx = context(&current);
-                    let mut out = connection.on_push(&ctx, std::mem::take(&mut deferred));
-                    out.extend(connection.push_owed(&ctx));
+                    let ctx = context(&s.current);
+                    let mut out = s.connection.on_push(&ctx, std::mem::take(&mut deferred));
+                    out.extend(s.connection.push_owed(&ctx));
                     ("push", out, started.elapsed())
                 }
                 _ = shutdown.next() => {
@@ -458,22 +449,24 @@ async fn serve_stream(
                 }
             }
         };
-        for nack in connection.take_nacks() {
-            tracing::warn!(
-                type_url = %nack.type_url,
-                nonce = %nack.nonce,
-                error_detail = %nack.error,
-                "proxy rejected config (NACK); keeping its last accepted config"
-            );
-            inner.metrics.count_nack(&nack.type_url);
-        }
-        if !outgoing.is_empty() {
-            inner.metrics.observe_push_time(computed);
-            log_push(&connection, trigger, &outgoing, computed);
+        {
+            let mut s = shared.lock();
+            for nack in s.connection.take_nacks() {
+                tracing::warn!(
+                    type_url = %nack.type_url,
+                    nonce = %nack.nonce,
+                    error_detail = %nack.error,
+                    "proxy rejected config (NACK); keeping its last accepted config"
+                );
+                inner.metrics.count_nack(&nack.type_url);
+            }
+            if !outgoing.is_empty() {
+                inner.metrics.observe_push_time(computed);
+                log_push(&s.connection, trigger, &outgoing, computed);
+            }
         }
         for response in outgoing {
             let kind = ResourceType::from_type_url(response.type_url());
-            touched = touch(touched, kind);
             turn.pushed(kind);
             let type_url = type_url_key(response.type_url());
             let bytes = response.resource_bytes();
@@ -488,35 +481,64 @@ async fn serve_stream(
             }
             inner.metrics.count_push(&type_url, bytes);
             let now = SystemTime::now();
-            match delivery.sent_at.get_mut(&type_url) {
+            let mut s = shared.lock();
+            s.last_push = Some(now);
+            match s.sent_at.get_mut(&type_url) {
                 Some(sent_at) => *sent_at = now,
                 None => {
-                    delivery.sent_at.insert(type_url, now);
+                    s.sent_at.insert(type_url, now);
                 }
             }
-            delivery.last_push = Some(now);
         }
-        if !connection.awaits_answer(turn.pushed_types()) {
+        let s = shared.lock();
+        if !s.connection.awaits_answer(turn.pushed_types()) {
             turn.give_back();
         }
-        if !deferred.is_empty() || connection.can_push_owed() {
+        if !deferred.is_empty() || s.connection.can_push_owed() {
             turn.want(&inner.push_turns);
         }
         if deferred.is_empty()
-            && !connection.owes_push()
-            && let Some(since) = delivery.converging.take()
+            && !s.connection.owes_push()
+            && let Some(since) = converging.take()
         {
             inner.metrics.observe_convergence(since.elapsed());
         }
-        registration.update(|status| {
-            status.refresh(
-                &connection,
-                touched,
-                &delivery.sent_at,
-                &current,
-                delivery.last_push,
-            );
-        });
+    }
+}
+
+/// What a stream shares with the debug views ([`crate::registry`]): its state machine and
+/// when it last sent each type. The stream locks it between awaits, never across one, so a
+/// view waits at most for one request or push to be computed.
+struct SharedStream {
+    info: Arc<ConnectionInfo>,
+    state: Mutex<StreamState>,
+}
+
+struct StreamState {
+    connection: Connection,
+    /// The published state the connection last computed responses from.
+    current: Arc<Published>,
+    sent_at: ByTypeUrl<SystemTime>,
+    last_push: Option<SystemTime>,
+}
+
+impl SharedStream {
+    fn lock(&self) -> MutexGuard<'_, StreamState> {
+        // A panic mid-request ends the stream; a view may still read what it left.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl StatusSource for SharedStream {
+    fn status(&self) -> ConnectionStatus {
+        let s = self.lock();
+        ConnectionStatus::of(
+            self.info.clone(),
+            &s.connection,
+            &s.sent_at,
+            &s.current,
+            s.last_push,
+        )
     }
 }
 
@@ -590,7 +612,11 @@ impl Turn {
     /// Notes a response (of `kind`, when one of the served types) sent while holding the turn.
     fn pushed(&mut self, kind: Option<ResourceType>) {
         if let Some(held) = self.held.as_mut() {
-            held.pushed = touch(Some(held.pushed), kind).unwrap_or(TypeSet::ALL);
+            // A type outside the served ones makes it "any".
+            match kind {
+                Some(kind) => held.pushed.insert(kind),
+                None => held.pushed = TypeSet::ALL,
+            }
         }
     }
 
@@ -602,15 +628,6 @@ impl Turn {
     fn give_back(&mut self) {
         self.held = None;
     }
-}
-
-/// What the stream task itself knows about delivery: times (the [`Connection`] has no clock).
-#[derive(Default)]
-struct Delivery {
-    sent_at: ByTypeUrl<SystemTime>,
-    last_push: Option<SystemTime>,
-    /// When the oldest publish not yet fully delivered to this proxy happened.
-    converging: Option<Instant>,
 }
 
 /// One debug line per batch of responses: proxy, types with sizes, and compute time.
