@@ -16,7 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -103,7 +103,7 @@ impl ApiServer {
             .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
             .context("creating the API server's directory")?;
-        let [client_port, peer_port, port] = free_ports()?;
+        let [client_port, peer_port, port] = crate::free_ports()?;
         let etcd = start_etcd(&etcd_binary, dir.path(), client_port, peer_port)?;
         let token = random_token()?;
         write_credentials(dir.path(), &token)?;
@@ -544,19 +544,6 @@ fn random_token() -> Result<String> {
         .and_then(|mut random| random.read_exact(&mut bytes))
         .context("reading /dev/urandom")?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Distinct free loopback ports, all held until all are chosen.
-fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind((LOOPBACK, 0)))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("finding free loopback ports")?;
-    let mut ports = [0; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener.local_addr()?.port();
-    }
-    Ok(ports)
 }
 
 /// Kills the etcd and kube-apiserver processes of runs whose owner process is gone and

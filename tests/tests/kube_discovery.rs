@@ -11,8 +11,8 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
 use meshpilot_tests::canary::Tools;
 use meshpilot_tests::kube::ApiServer;
-use meshpilot_tests::workspace_root;
 use meshpilot_tests::xds_client::{ClientState, Flavor, XdsClient, metadata};
+use meshpilot_tests::{KillOnDrop, workspace_root};
 use meshpilot_translate::type_urls::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -613,22 +613,6 @@ async fn real_envoy_receives_endpoints(
     );
     envoy.stop();
     Ok(())
-}
-
-/// A child process killed (and reaped) when dropped, on failure paths too.
-struct KillOnDrop(std::process::Child);
-
-impl KillOnDrop {
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// The rendered deployment (for the 1.20 test server, its overlay) passes the API server's own

@@ -5,31 +5,16 @@
 //! otherwise only show up as odd benchmark numbers.
 
 use anyhow::{Context, Result, bail, ensure};
+use meshpilot_tests::{KillOnDrop, free_ports};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PROXIES: u64 = 20;
 const RATE: u64 = 20;
 const SECONDS: u64 = 2;
 const STALLED: u64 = 2;
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
 
 fn loadgen() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_loadgen"))
@@ -88,15 +73,14 @@ fn churn(flavor: &str) -> Result<Value> {
         "loadgen generate: {}",
         String::from_utf8_lossy(&generated.stderr)
     );
-    let grpc = format!("127.0.0.1:{}", free_port());
-    let monitoring = format!("127.0.0.1:{}", free_port());
+    let [grpc, monitoring, secure] = free_ports()?.map(|port| format!("127.0.0.1:{port}"));
     let log = work.path().join("server.log");
     let _server = KillOnDrop(
         Command::new(meshpilot()?)
             .args(["discovery", "--log-level", "warn", "--config-dir"])
             .arg(&mesh)
             .args(["--grpc-addr", &grpc, "--monitoring-addr", &monitoring])
-            .args(["--secure-grpc-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--secure-grpc-addr", &secure])
             .arg("--tls-dir")
             .arg(work.path().join("tls"))
             .stdin(Stdio::null())
