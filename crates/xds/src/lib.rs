@@ -12,6 +12,7 @@ mod grpc;
 mod intern;
 mod metrics;
 mod publish;
+mod read_ahead;
 mod registry;
 mod request;
 mod resources;
@@ -24,6 +25,7 @@ pub use connection::{Connection, Flavor, Held, Nack, Outgoing, PushContext, Watc
 pub use delta_request::{DeltaRequest, HeldVersions, WireStrings};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, ConnectedGuard, XdsMetrics, type_label};
 pub use publish::{DebounceConfig, Debouncer, Published, Publisher};
+pub use read_ahead::ReadAhead;
 pub use registry::{
     ConnectionInfo, ConnectionRegistry, ConnectionStatus, Registration, StatusSource, StreamKind,
     WatchStatus, config_dump,
