@@ -1,14 +1,17 @@
-//! The tonic service over a real loopback gRPC connection: stream admission rules, pushes
-//! reaching a connected client, proxies taking turns for change pushes, and shutdown ending
-//! its stream.
+//! The tonic service over a real loopback gRPC connection, each accepted connection reading
+//! ahead as `meshpilot discovery`'s do: stream admission rules, pushes reaching a connected
+//! client, a subscription many HTTP/2 frames long, proxies taking turns for change pushes, and
+//! shutdown ending its stream.
 
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use meshpilot_model::fixtures::{mk_reviews_index, mk_slice};
 use meshpilot_model::{Index, Object};
 use meshpilot_translate::type_urls::{CLUSTER, ENDPOINT};
-use meshpilot_xds::{AdsService, Publisher, XdsMetrics};
+use meshpilot_xds::{AdsService, Publisher, ReadAhead, XdsMetrics};
+use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -48,7 +51,10 @@ async fn start_with_throttle(ready: bool, push_throttle: usize) -> Harness {
     tokio::spawn(
         Server::builder()
             .add_service(service.into_server())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(
+                tokio_stream::wrappers::TcpListenerStream::new(listener)
+                    .map(|accepted| accepted.map(ReadAhead::new)),
+            ),
     );
     let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
         .await
@@ -83,12 +89,12 @@ async fn first_request_without_node_is_invalid_argument() {
     let mut responses = h
         .client
         .stream_aggregated_resources(ReceiverStream::new(rx))
+        .within_5s()
         .await
         .unwrap()
         .into_inner();
-    let status = tokio::time::timeout(Duration::from_secs(5), responses.next())
+    let status = next(&mut responses)
         .await
-        .expect("an answer within 5 s")
         .expect("a stream item")
         .expect_err("an error status");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -102,6 +108,7 @@ async fn streams_wait_for_the_initial_sync() {
     let status = h
         .client
         .stream_aggregated_resources(ReceiverStream::new(rx))
+        .within_5s()
         .await
         .expect_err("refused before the sync");
     assert_eq!(status.code(), tonic::Code::Unavailable);
@@ -111,10 +118,11 @@ async fn streams_wait_for_the_initial_sync() {
     let mut responses = h
         .client
         .stream_aggregated_resources(ReceiverStream::new(rx))
+        .within_5s()
         .await
         .unwrap()
         .into_inner();
-    let cds = responses.next().await.unwrap().unwrap();
+    let cds = responses.next().within_5s().await.unwrap().unwrap();
     assert_eq!(cds.type_url, CLUSTER);
 }
 
@@ -124,10 +132,19 @@ type Responses = tonic::Streaming<DiscoveryResponse>;
 
 /// The next response, or the status that ended the stream, within 5 s.
 async fn next(responses: &mut Responses) -> Option<Result<DiscoveryResponse, tonic::Status>> {
-    tokio::time::timeout(Duration::from_secs(5), responses.next())
-        .await
-        .expect("an answer within 5 s")
+    responses.next().within_5s().await
 }
+
+/// An answer within 5 s: a server that cannot read a request leaves its caller waiting.
+trait Within5s: std::future::Future + Sized {
+    async fn within_5s(self) -> Self::Output {
+        tokio::time::timeout(Duration::from_secs(5), self)
+            .await
+            .expect("an answer within 5 s")
+    }
+}
+
+impl<F: std::future::Future> Within5s for F {}
 
 /// An ADS stream that took CDS and the reviews EDS (not yet ACKed); with that EDS response.
 async fn subscribed_to_reviews(
@@ -137,6 +154,7 @@ async fn subscribed_to_reviews(
     let mut responses = h
         .client
         .stream_aggregated_resources(ReceiverStream::new(rx))
+        .within_5s()
         .await
         .unwrap()
         .into_inner();
@@ -175,6 +193,42 @@ async fn endpoint_change_reaches_a_connected_client_as_eds_only() {
     let pushed = next(&mut responses).await.unwrap().unwrap();
     assert_eq!(pushed.type_url, ENDPOINT, "endpoint changes push EDS only");
     assert_eq!(pushed.resources.len(), 1);
+}
+
+#[tokio::test]
+async fn a_subscription_many_frames_long_is_read_whole_and_its_ack_recognised() {
+    let mut h = start(true).await;
+    let (tx, mut responses, eds) = subscribed_to_reviews(&mut h).await;
+    // ~190 KB of names: twelve 16 KiB frames, several reads ahead.
+    let padding: Vec<String> = (0..4000)
+        .map(|i| format!("outbound|9080||padding-{i}.default.svc.cluster.local"))
+        .collect();
+    let names: Vec<&str> = std::iter::once(REVIEWS)
+        .chain(padding.iter().map(String::as_str))
+        .collect();
+    tx.send(request(ENDPOINT, &names, &eds.nonce, false))
+        .await
+        .unwrap();
+    // Every newly subscribed name is answered (unknown clusters with no endpoints).
+    let answered = next(&mut responses).await.unwrap().unwrap();
+    let answered_names: std::collections::BTreeSet<String> = answered
+        .resources
+        .iter()
+        .map(|any| {
+            ClusterLoadAssignment::decode(any.value.as_slice())
+                .unwrap()
+                .cluster_name
+        })
+        .collect();
+    assert_eq!(answered_names, padding.iter().cloned().collect());
+    // The ACK repeats the list; a change then pushes only what changed.
+    tx.send(request(ENDPOINT, &names, &answered.nonce, false))
+        .await
+        .unwrap();
+    publish_reviews(&mut h, "reviews-v2", "10.244.2.12");
+    let pushed = next(&mut responses).await.unwrap().unwrap();
+    assert_eq!(pushed.type_url, ENDPOINT);
+    assert_eq!(pushed.resources.len(), 1, "only reviews changed");
 }
 
 #[tokio::test]
