@@ -1,17 +1,18 @@
 //! A socket whose writes are gathered until the writer flushes, then written in as few system
 //! calls as the socket takes.
 //!
-//! h2 writes each DATA frame with a system call of its own, so a state-of-the-world EDS ACK
-//! (55 KB of repeated names in the bench mesh, four 16 KiB frames) took three to four `writev`
-//! calls, each a TCP segment through the whole loopback path of both processes. Envoy's
-//! codec serializes frames into the connection's buffer and the connection writes it in one
-//! go when the event loop turns, so one ACK is one write; [`WriteBatch`] makes the simulated
-//! sidecars write the same way.
+//! h2 writes each large DATA frame with a system call of its own, so a state-of-the-world EDS
+//! ACK (55 KB of repeated names in the bench mesh, four 16 KiB frames) took three to four
+//! `writev` calls, each a TCP segment through the whole loopback path of both processes.
+//! Envoy's codec serializes frames into the connection's buffer and the connection writes it
+//! in one go when the event loop turns, so one ACK is one write; [`WriteBatch`] makes the
+//! simulated sidecars write the same way.
 //!
 //! h2 also flushes after each large frame, so a flush right after a large write only asks to
-//! be polled again (a turn of the event loop); the next flush writes everything out. h2's
-//! connection task flushes on every poll, so that flush always comes. Small writes (a delta
-//! ACK, a SotW ACK of few names) are flushed at once, as h2 writes them in one go anyway.
+//! be polled again (a turn of the task); the next flush writes everything out. That relies on
+//! the writer flushing whenever it is polled, as h2's connection task does; a writer that
+//! flushes once and then only reads (a TLS handshake) would leave its bytes here. Small writes
+//! (a delta ACK, a SotW ACK of few names) are flushed at once, as h2 writes them in one go.
 
 use bytes::{Buf, BytesMut};
 use std::io;
