@@ -45,7 +45,8 @@ impl SotwRequest {
             if rest.is_empty() {
                 return None;
             }
-            // Entries were written by `merge_field` or `push_name`: key, length, bytes.
+            // Entries are canonical (`decode_frame` keeps only one-byte keys; `merge_field` and
+            // `push_name` write them): key, length, bytes.
             rest.advance(key_len(RESOURCE_NAMES));
             let len = decode_varint(&mut rest).expect("names_wire holds whole entries") as usize;
             let (name, tail) = rest.split_at(len);
@@ -86,11 +87,13 @@ impl SotwRequest {
                 continue;
             }
             check_wire_type(WireType::LengthDelimited, wire_type)?;
-            let len = decode_varint(&mut rest)?;
-            if len > rest.remaining() as u64 {
-                return Err(truncated());
+            if frame[start] != NAME_KEY {
+                // A key of more bytes than needed: the names are kept in the canonical form
+                // `names()` and the fingerprint read, so read the request the general way.
+                return SotwRequest::decode(frame);
             }
-            rest.advance(len as usize);
+            let consumed = name_entries_len(&rest)?;
+            rest.advance(consumed);
             let end = frame.len() - rest.remaining();
             match &mut names {
                 None => names = Some(start..end),
@@ -103,6 +106,27 @@ impl SotwRequest {
             request.names_wire = frame.slice(run);
         }
         Ok(request)
+    }
+}
+
+/// The canonical one-byte key of a `resource_names` entry, as every encoder writes it.
+const NAME_KEY: u8 = ((RESOURCE_NAMES << 3) | WireType::LengthDelimited as u32) as u8;
+
+/// The length of the run of `resource_names` entries at the start of `wire`, whose first key
+/// has just been read: the first entry's length and bytes, then every whole entry that follows
+/// it. A plain walk over the slice, as this runs over every name of every SotW EDS ACK.
+fn name_entries_len(wire: &[u8]) -> Result<usize, DecodeError> {
+    let mut rest = wire;
+    loop {
+        let len = decode_varint(&mut rest)?;
+        if len > rest.len() as u64 {
+            return Err(truncated());
+        }
+        rest = &rest[len as usize..];
+        match rest.split_first() {
+            Some((&NAME_KEY, after)) => rest = after,
+            _ => return Ok(wire.len() - rest.len()),
+        }
     }
 }
 
@@ -354,6 +378,26 @@ mod tests {
         for malformed in [&[0x1a, 0x05, b'a'][..], &[0x18, 0x01]] {
             assert!(SotwRequest::decode_frame(Bytes::copy_from_slice(malformed)).is_err());
         }
+    }
+
+    #[test]
+    fn a_run_of_names_ends_at_the_first_other_key_and_a_cut_name_is_an_error() {
+        let mut wire = Vec::new();
+        for name in ["a", &"b".repeat(200), "c"] {
+            string::encode(RESOURCE_NAMES, &name.to_string(), &mut wire);
+        }
+        // Field 3 again under a two-byte key (legal, though no encoder writes it).
+        wire.extend_from_slice(&[0x9a, 0x00, 0x01, b'd']);
+        string::encode(TYPE_URL, &"t".to_string(), &mut wire);
+        let read = SotwRequest::decode_frame(Bytes::from(wire.clone())).unwrap();
+        let names: Vec<_> = read.names().collect();
+        assert_eq!(names, ["a", &"b".repeat(200), "c", "d"]);
+        assert_eq!(read.type_url, "t");
+        // The second name cut short: its length runs past the end.
+        let mut cut = Vec::new();
+        string::encode(RESOURCE_NAMES, &"a".to_string(), &mut cut);
+        cut.extend_from_slice(&[NAME_KEY, 0x05, b'b']);
+        assert!(SotwRequest::decode_frame(Bytes::from(cut)).is_err());
     }
 
     #[test]
