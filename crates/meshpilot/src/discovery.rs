@@ -279,7 +279,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpIncoming> {
 }
 
 /// Accepted connections, each reading ahead ([`ReadAhead`]): a SotW ACK of tens of KB then
-/// costs one read instead of one per HTTP/2 frame.
+/// costs two reads instead of one or two per HTTP/2 frame.
 fn reading_ahead(
     incoming: TcpIncoming,
 ) -> impl Stream<Item = std::io::Result<ReadAhead<TcpStream>>> {

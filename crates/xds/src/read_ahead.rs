@@ -1,4 +1,4 @@
-//! A connection that reads a large message in one system call instead of one per HTTP/2 frame.
+//! A connection that reads a large message in two system calls instead of one per HTTP/2 frame.
 //!
 //! The HTTP/2 codec asks the socket for little more than the frame it is reading, and Envoy
 //! sends 16 KiB DATA frames. A state-of-the-world EDS ACK repeats every subscribed cluster
