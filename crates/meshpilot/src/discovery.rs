@@ -209,7 +209,9 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
         let mut b = Server::builder()
             .http2_keepalive_interval(Some(args.keepalive_interval))
             .http2_keepalive_timeout(Some(args.keepalive_timeout))
-            .max_concurrent_streams(100_000);
+            .max_concurrent_streams(100_000)
+            .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
+            .initial_connection_window_size(RECEIVE_WINDOW_BYTES);
         if let Some(age) = args.max_connection_age {
             b = b
                 .max_connection_age(age)
@@ -263,6 +265,23 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
     Ok(())
 }
 
+/// The receive buffer of each xDS connection. A sender's kernel cuts its segments at half the
+/// largest window the receiver ever offered, and with the default initial buffer (`tcp_rmem`,
+/// 128 KiB) a connection offers ~95 KB and does not grow it for requests that come a few times
+/// a second: a SotW EDS ACK, which repeats every subscribed name (55 KB at 1,000 services),
+/// left Envoy as two segments (47,616 bytes and the rest), each taken in, acknowledged and
+/// read on its own. With this buffer it fits in one. The kernel caps it at
+/// `net.core.rmem_max`; it bounds what a connection may have queued unread, not what it holds.
+const RECEIVE_BUFFER_BYTES: u32 = 512 * 1024;
+
+/// The HTTP/2 flow-control window each xDS connection and stream offers. HTTP/2 gives credit
+/// back once about a third of the window has been read, one `WINDOW_UPDATE` frame each for the
+/// stream and the connection: with hyper's 1 MiB that was after every sixth SotW EDS ACK (55 KB
+/// of names at 1,000 services), a send and, at the proxy, a wake-up and a read of their own.
+/// Requests are read as they arrive and may be this large anyway (the ADS server's request
+/// limit), so no more can pile up than before.
+const RECEIVE_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+
 /// Binds an xDS port with the accept backlog Go's listeners get (`net.core.somaxconn`), as
 /// istiod's do. tokio's default of 1,024 overflowed when 2,000 sidecars connected at once (a
 /// control-plane restart): the kernel dropped the excess handshakes and reset those
@@ -273,6 +292,8 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpIncoming> {
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    // Inherited by accepted connections (see `RECEIVE_BUFFER_BYTES`).
+    socket.set_recv_buffer_size(RECEIVE_BUFFER_BYTES)?;
     socket.bind(addr)?;
     let listener = socket.listen(accept_backlog())?;
     Ok(TcpIncoming::from(listener).with_nodelay(Some(true)))

@@ -1,5 +1,6 @@
 //! The monitoring endpoint of a real `meshpilot discovery` on loopback: `/metrics` moving with
-//! pushes and NACKs from a gRPC client, and every debug view answering a connected real Envoy.
+//! pushes and NACKs from a gRPC client, and every debug view answering a connected real Envoy;
+//! and what its gRPC port offers a connection.
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -309,6 +310,76 @@ async fn config_dump_answers_only_with_a_connected_proxy_id() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("not connected"), "{body}");
     assert_eq!(discovery.json("/debug/syncz"), Value::Array(vec![]));
+}
+
+/// What the gRPC port offers each connection for a SotW EDS ACK, which repeats every
+/// subscribed name (tens of KB): a receive buffer past the kernel's default, so the ACK comes
+/// in one segment, and a 4 MiB HTTP/2 window, so credit goes back for it rarely.
+#[tokio::test(flavor = "multi_thread")]
+async fn xds_connections_have_room_for_large_acks() {
+    const WINDOW: u32 = 4 * 1024 * 1024;
+    const BUFFER: u64 = 512 * 1024;
+    let work = tempfile::tempdir().unwrap();
+    let discovery = Discovery::start(&workspace_root().join("deploy/examples"), work.path());
+    let tcp = tokio::net::TcpStream::connect(&discovery.grpc)
+        .await
+        .unwrap();
+    let client_port = tcp.local_addr().unwrap().port();
+    let (mut requests, connection) = h2::client::Builder::new()
+        .max_send_buffer_size(2 * WINDOW as usize)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("an HTTP/2 connection to the gRPC port");
+    tokio::spawn(connection);
+    let ads = tonic::codegen::http::Request::post(format!(
+        "http://{}/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+        discovery.grpc
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (_response, mut body) = requests.send_request(ads, false).unwrap();
+    body.reserve_capacity(WINDOW as usize);
+    // Credit comes with the server's settings (the stream) and a WINDOW_UPDATE (the connection).
+    let credit = tokio::time::timeout(Duration::from_secs(5), async {
+        while body.capacity() < WINDOW as usize {
+            match std::future::poll_fn(|cx| body.poll_capacity(cx)).await {
+                Some(Ok(_)) => {}
+                other => panic!("the stream ended before its credit came: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        credit.is_ok(),
+        "the server gave {} bytes of credit, not {WINDOW}",
+        body.capacity()
+    );
+
+    let grpc_port = discovery.grpc.rsplit(':').next().unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-tmnH", "state", "established"])
+        .arg(format!(
+            "( sport = :{grpc_port} and dport = :{client_port} )"
+        ))
+        .output()
+        .expect("this test reads socket buffers with `ss` from iproute2; install it");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let receive_buffer: u64 = text
+        .split(['(', ','])
+        .find_map(|field| field.strip_prefix("rb")?.parse().ok())
+        .unwrap_or_else(|| panic!("no receive buffer in `ss` output: {text:?}"));
+    // The kernel caps the request at net.core.rmem_max, then doubles it for its own overhead.
+    let cap: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .expect("reading net.core.rmem_max")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        receive_buffer >= BUFFER.min(cap) * 2,
+        "the server's side of the connection has a {receive_buffer}-byte receive buffer"
+    );
 }
 
 /// The Envoy 1.40 binary: `$MESHPILOT_ENVOY`, else `.tools/bin/envoy`.
