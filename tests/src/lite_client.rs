@@ -17,6 +17,7 @@
 
 mod grpc;
 pub mod proto;
+mod write_batch;
 
 use crate::xds_client::metadata;
 use anyhow::Result;

@@ -9,8 +9,7 @@ use meshpilot_model::{ChangeSet, Index, Kind};
 use meshpilot_sources::kubernetes::{self, KubernetesConfig};
 use meshpilot_sources::{FileEvent, FileSource, PendingPaths};
 use meshpilot_xds::{
-    AdsService, CacheOptions, DebounceConfig, Debouncer, Publisher, ReadAhead, WriteBatch,
-    XdsMetrics, tls,
+    AdsService, CacheOptions, DebounceConfig, Debouncer, Publisher, ReadAhead, XdsMetrics, tls,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -230,13 +229,13 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
     let plaintext = builder()
         .add_service(service.clone().into_server())
         .add_service(service.vhds_server())
-        .serve_with_incoming_shutdown(batched(plaintext_listener), stopped(shutdown.clone()));
+        .serve_with_incoming_shutdown(reading_ahead(plaintext_listener), stopped(shutdown.clone()));
     let secure = builder()
         .tls_config(tls_config)
         .context("TLS configuration")?
         .add_service(service.vhds_server())
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(batched(secure_listener), stopped(shutdown.clone()));
+        .serve_with_incoming_shutdown(reading_ahead(secure_listener), stopped(shutdown.clone()));
     let monitor = monitoring::serve(
         args.monitoring_addr,
         monitoring::State {
@@ -300,13 +299,12 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpIncoming> {
     Ok(TcpIncoming::from(listener).with_nodelay(Some(true)))
 }
 
-/// Accepted connections, each reading ahead ([`ReadAhead`]: a SotW ACK of tens of KB costs two
-/// reads instead of one or two per HTTP/2 frame) and gathering writes ([`WriteBatch`]: a push
-/// of several frames leaves in one write instead of one per frame).
-fn batched(
+/// Accepted connections, each reading ahead ([`ReadAhead`]): a SotW ACK of tens of KB then
+/// costs two reads instead of one or two per HTTP/2 frame.
+fn reading_ahead(
     incoming: TcpIncoming,
-) -> impl Stream<Item = std::io::Result<WriteBatch<ReadAhead<TcpStream>>>> {
-    incoming.map(|accepted| accepted.map(|tcp| WriteBatch::new(ReadAhead::new(tcp))))
+) -> impl Stream<Item = std::io::Result<ReadAhead<TcpStream>>> {
+    incoming.map(|accepted| accepted.map(ReadAhead::new))
 }
 
 /// The system's cap on accept backlogs; the kernel clamps larger requests to it anyway.

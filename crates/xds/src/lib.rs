@@ -20,7 +20,6 @@ mod response;
 mod server;
 pub mod tls;
 mod types;
-mod write_batch;
 
 pub use connection::{Connection, Flavor, Held, Nack, Outgoing, PushContext, Watch};
 pub use delta_request::{DeltaRequest, HeldVersions, WireStrings};
@@ -38,4 +37,3 @@ pub use resources::{
 pub use response::{DeltaResponse, SotwResponse};
 pub use server::{AdsService, DEFAULT_PUSH_THROTTLE, VhdsServer};
 pub use types::{ByTypeUrl, ResourceType, TypeSet, affected_types};
-pub use write_batch::WriteBatch;

@@ -1,5 +1,5 @@
 //! The tonic service over a real loopback gRPC connection, each accepted connection reading
-//! ahead and gathering writes as `meshpilot discovery`'s do: stream admission rules, pushes reaching a connected
+//! ahead as `meshpilot discovery`'s do: stream admission rules, pushes reaching a connected
 //! client, a subscription many HTTP/2 frames long, proxies taking turns for change pushes, and
 //! shutdown ending its stream.
 
@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use meshpilot_model::fixtures::{mk_reviews_index, mk_slice};
 use meshpilot_model::{Index, Object};
 use meshpilot_translate::type_urls::{CLUSTER, ENDPOINT};
-use meshpilot_xds::{AdsService, Publisher, ReadAhead, WriteBatch, XdsMetrics};
+use meshpilot_xds::{AdsService, Publisher, ReadAhead, XdsMetrics};
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +53,7 @@ async fn start_with_throttle(ready: bool, push_throttle: usize) -> Harness {
             .add_service(service.into_server())
             .serve_with_incoming(
                 tokio_stream::wrappers::TcpListenerStream::new(listener)
-                    .map(|accepted| accepted.map(|tcp| WriteBatch::new(ReadAhead::new(tcp)))),
+                    .map(|accepted| accepted.map(ReadAhead::new)),
             ),
     );
     let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))

@@ -142,7 +142,7 @@ pub async fn connect(addr: &str, stream_window: u32, connection_window: u32) -> 
         let (streams, connection) = h2::client::Builder::new()
             .initial_window_size(stream_window)
             .initial_connection_window_size(connection_window)
-            .handshake::<_, Bytes>(meshpilot_xds::WriteBatch::new(tcp))
+            .handshake::<_, Bytes>(super::write_batch::WriteBatch::new(tcp))
             .await?;
         tokio::spawn(async move {
             // Its end (or failure) reaches the streams as their own errors.
