@@ -75,7 +75,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for WriteBatch<T> {
         let this = self.get_mut();
         // A writer waiting for an answer to what it wrote must have sent it. If the socket is
         // full, the bytes stay, and its readiness wakes this task to read (and drain) again.
-        if let Poll::Ready(Err(error)) = this.poll_drain(cx) {
+        if !this.gathered.is_empty()
+            && let Poll::Ready(Err(error)) = this.poll_drain(cx)
+        {
             return Poll::Ready(Err(error));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
