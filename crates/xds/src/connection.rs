@@ -22,6 +22,7 @@ use crate::request::{SotwRequest, fingerprint_name_bytes, fingerprint_names};
 use crate::resources::{NameSet, Resource, ResourceCache, Resources, SetDiff};
 use crate::response::{Batch, DeltaResponse, SotwResponse};
 use crate::types::{ByTypeUrl, ResourceType, TypeSet, type_url_key};
+use bytes::Bytes;
 use meshpilot_model::{ObjectKey, Proxy};
 use meshpilot_translate::vhds::route_config_of;
 use std::collections::BTreeMap;
@@ -119,9 +120,10 @@ pub struct Watch {
     pub wildcard: bool,
     /// Explicitly subscribed names (EDS/RDS), interned.
     pub names: Arc<NameSet>,
-    /// Fingerprint of the last SotW request's name list (in its order) known to spell `names`:
-    /// Envoy repeats the same list on every ACK, so most requests are recognised without
-    /// comparing thousands of names.
+    /// Fingerprint of the last SotW request's name list (in its order) known to spell `names`.
+    /// Envoy repeats the same list on every ACK; the decoder recognises the list that first
+    /// spelled the set ([`NameSet::sotw_spelling`]), and this recognises any other order
+    /// without comparing thousands of names.
     request_fingerprint: Option<u128>,
     /// What the proxy holds.
     pub held: Held,
@@ -148,14 +150,21 @@ impl Watch {
 
     /// Takes a SotW request's names as the subscription; says whether they differ from it.
     fn update_names(&mut self, request: &SotwRequest, ctx: &PushContext) -> bool {
-        let fingerprint = request.names_fingerprint();
-        if self.request_fingerprint == Some(fingerprint) {
+        // Most requests are ACKs repeating the list, which the decoder recognised.
+        if let Some(spelling) = self.names.sotw_spelling()
+            && request.repeats(spelling)
+        {
             return false;
         }
+        let fingerprint = request.names_fingerprint();
+        let names = if self.request_fingerprint == Some(fingerprint) {
+            self.names.clone()
+        } else {
+            ctx.cache
+                .intern_list(fingerprint, || NameSet::new(request.names()))
+        };
         self.request_fingerprint = Some(fingerprint);
-        let names = ctx
-            .cache
-            .intern_list(fingerprint, || NameSet::new(request.names()));
+        names.spelled_by(|| request.shared_names());
         // Interned: the same names are the same set.
         let changed = !Arc::ptr_eq(&names, &self.names) && *names != *self.names;
         self.names = names;
@@ -300,6 +309,18 @@ impl Connection {
     }
 
     // ---- state of the world -------------------------------------------------------------
+
+    /// The name lists this proxy's SotW requests are expected to repeat (one per subscription,
+    /// in wire form), for [`SotwRequest::decode_frame_knowing`].
+    pub fn sotw_name_spellings(&self) -> Vec<Bytes> {
+        self.watches
+            .values()
+            .filter(|watch| !watch.wildcard)
+            .filter_map(|watch| watch.names.sotw_spelling())
+            .filter(|spelling| !spelling.is_empty())
+            .cloned()
+            .collect()
+    }
 
     /// Takes the server's [`SotwRequest`] or (tests, tools) Envoy's `DiscoveryRequest`.
     pub fn on_sotw_request(

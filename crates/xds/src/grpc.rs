@@ -56,16 +56,16 @@ pub trait FromFrame: Sized {
     fn from_frame(bytes: Bytes) -> Result<Self, prost::DecodeError>;
 }
 
-impl FromFrame for crate::request::SotwRequest {
+/// The message's bytes as they are, to be read later.
+impl FromFrame for Bytes {
     fn from_frame(bytes: Bytes) -> Result<Self, prost::DecodeError> {
-        Self::decode_frame(bytes)
+        Ok(bytes)
     }
 }
 
-impl FromFrame for crate::delta_request::DeltaRequest {
-    fn from_frame(bytes: Bytes) -> Result<Self, prost::DecodeError> {
-        Self::decode_frame(bytes)
-    }
+/// The status a request that does not decode ends its stream with.
+pub(crate) fn malformed(error: prost::DecodeError) -> Status {
+    Status::invalid_argument(format!("malformed request: {error}"))
 }
 
 impl FromFrame for envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
@@ -105,7 +105,7 @@ impl<M: FromFrame, B> RequestStream<M, B> {
         // Decoded from `Bytes` so that request names can be a slice of the buffer.
         M::from_frame(frame.freeze().slice(PREFIX..))
             .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
+            .map_err(malformed)
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! An EDS request repeats every subscribed cluster name (over a thousand in a large mesh) on
 //! each ACK. Envoy's generated `DiscoveryRequest` decodes each into its own `String`; here the
-//! names stay in wire form, one slice of the request's bytes: an ACK costs a walk over them
-//! instead of an allocation (or a reference count) per name, and the slice is exactly what the
-//! subscription fingerprint hashes.
+//! names stay in wire form, one slice of the request's bytes: a new list costs a walk over
+//! them instead of an allocation (or a reference count) per name, and the slice is exactly what
+//! the subscription fingerprint hashes. An ACK repeating the list the proxy subscribed with
+//! costs one comparison of bytes ([`SotwRequest::decode_frame_knowing`]): neither walk nor hash.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -75,9 +76,20 @@ impl SotwRequest {
     /// contiguous (as every protobuf encoder writes a repeated field): an EDS ACK repeats
     /// every subscribed name, tens of KB, and this costs a walk over them instead of a copy.
     pub fn decode_frame(frame: Bytes) -> Result<Self, DecodeError> {
+        Self::decode_frame_knowing(frame, &[])
+    }
+
+    /// [`SotwRequest::decode_frame`], given runs of names this stream is known to send (its
+    /// subscriptions as their requests spelled them, each whole entries: see
+    /// [`SotwRequest::shared_names`]). Names that start with one of them are taken by comparing
+    /// bytes instead of walking entry by entry, and a request whose names are exactly one of
+    /// them holds that run instead of a slice of the frame, so that [`SotwRequest::repeats`]
+    /// can tell without reading the names again. Either way the request reads the same.
+    pub fn decode_frame_knowing(frame: Bytes, known: &[Bytes]) -> Result<Self, DecodeError> {
         let mut request = SotwRequest::default();
         let mut rest = frame.clone();
         let mut names: Option<std::ops::Range<usize>> = None;
+        let mut names_known: Option<&Bytes> = None;
         let ctx = DecodeContext::default();
         while rest.has_remaining() {
             let start = frame.len() - rest.remaining();
@@ -92,20 +104,52 @@ impl SotwRequest {
                 // `names()` and the fingerprint read, so read the request the general way.
                 return SotwRequest::decode(frame);
             }
-            let consumed = name_entries_len(&rest)?;
+            let repeated = known
+                .iter()
+                .find(|run| !run.is_empty() && frame[start..].starts_with(run));
+            let consumed = match repeated {
+                // Whole entries (the key already read); more names may follow them.
+                Some(run) => match rest.get(run.len() - 1) {
+                    Some(&NAME_KEY) => run.len() + name_entries_len(&rest[run.len()..])?,
+                    _ => run.len() - 1,
+                },
+                None => name_entries_len(&rest)?,
+            };
             rest.advance(consumed);
             let end = frame.len() - rest.remaining();
             match &mut names {
-                None => names = Some(start..end),
-                Some(run) if run.end == start => run.end = end,
+                None => {
+                    names = Some(start..end);
+                    names_known = repeated.filter(|run| run.len() == end - start);
+                }
+                Some(run) if run.end == start => {
+                    run.end = end;
+                    names_known = None;
+                }
                 // Names split by other fields: read the whole request the general way.
                 Some(_) => return SotwRequest::decode(frame),
             }
         }
-        if let Some(run) = names {
-            request.names_wire = frame.slice(run);
-        }
+        request.names_wire = match (names_known, names) {
+            (Some(known), _) => known.clone(),
+            (None, Some(run)) => frame.slice(run),
+            (None, None) => Bytes::new(),
+        };
         Ok(request)
+    }
+
+    /// The names in wire form, copied out of the request's frame: to keep as a known run
+    /// ([`SotwRequest::decode_frame_knowing`]) without keeping the frame alive.
+    pub fn shared_names(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.names_wire)
+    }
+
+    /// Whether the names are exactly `run`, as [`SotwRequest::decode_frame_knowing`] found
+    /// them: the same buffer, not merely equal bytes, so this costs nothing.
+    pub fn repeats(&self, run: &Bytes) -> bool {
+        !run.is_empty()
+            && self.names_wire.as_ptr() == run.as_ptr()
+            && self.names_wire.len() == run.len()
     }
 }
 
@@ -398,6 +442,54 @@ mod tests {
         string::encode(RESOURCE_NAMES, &"a".to_string(), &mut cut);
         cut.extend_from_slice(&[NAME_KEY, 0x05, b'b']);
         assert!(SotwRequest::decode_frame(Bytes::from(cut)).is_err());
+    }
+
+    #[test]
+    fn names_that_repeat_a_known_run_read_as_they_would_without_it() {
+        let request = envoy_request();
+        let frame = Bytes::from(request.encode_to_vec());
+        let plain = SotwRequest::decode_frame(frame.clone()).unwrap();
+        let spelling = plain.shared_names();
+        let mut other = Vec::new();
+        string::encode(RESOURCE_NAMES, &"other".to_string(), &mut other);
+        let known = [Bytes::new(), Bytes::from(other), spelling.clone()];
+
+        // Exactly the run: the request holds it, so `repeats` needs no comparison.
+        let read = SotwRequest::decode_frame_knowing(frame.clone(), &known).unwrap();
+        assert_eq!(read, plain);
+        assert!(read.repeats(&spelling));
+        assert!(
+            !plain.repeats(&spelling),
+            "equal bytes elsewhere are not the run"
+        );
+
+        // The run and more names after it: read in full, not the run.
+        let mut longer_request = envoy_request();
+        longer_request.resource_names.push("late".into());
+        let longer = Bytes::from(longer_request.encode_to_vec());
+        let read = SotwRequest::decode_frame_knowing(longer.clone(), &known).unwrap();
+        assert_eq!(read, SotwRequest::decode(longer).unwrap());
+        assert_eq!(read.names().last().unwrap(), "late");
+        assert!(!read.repeats(&spelling));
+
+        // The run and then a name cut short is still an error.
+        let mut cut = spelling.to_vec();
+        cut.extend_from_slice(&[NAME_KEY, 0x05, b'b']);
+        assert!(SotwRequest::decode_frame_knowing(Bytes::from(cut), &known).is_err());
+
+        // A list that only shares a prefix with the run (its last name longer).
+        let mut prefix_request = envoy_request();
+        prefix_request.resource_names[2].push('y');
+        let prefixed = Bytes::from(prefix_request.encode_to_vec());
+        let read = SotwRequest::decode_frame_knowing(prefixed.clone(), &known).unwrap();
+        assert_eq!(read, SotwRequest::decode(prefixed).unwrap());
+        assert!(!read.repeats(&spelling));
+
+        // No names at all: an empty known run matches nothing.
+        let wildcard = Bytes::from(DiscoveryRequest::default().encode_to_vec());
+        let read = SotwRequest::decode_frame_knowing(wildcard, &known).unwrap();
+        assert_eq!(read.names().count(), 0);
+        assert!(!read.repeats(&Bytes::new()));
     }
 
     #[test]

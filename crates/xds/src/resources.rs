@@ -221,6 +221,13 @@ pub struct NameSet {
     /// Positions of each service host's cluster names, built the first time an endpoint change
     /// rebuilds a set of these names (endpoint subscriptions only).
     cluster_positions: OnceLock<HashMap<Box<str>, Vec<u32>>>,
+    /// The names as the first SotW request to spell this set listed them (its
+    /// `resource_names` entries, in its order), so that a request repeating the list is
+    /// recognised by comparing bytes (see [`SotwRequest::decode_frame_knowing`]). A proxy
+    /// that lists them in another order is recognised by its fingerprint instead.
+    ///
+    /// [`SotwRequest::decode_frame_knowing`]: crate::request::SotwRequest::decode_frame_knowing
+    sotw_spelling: OnceLock<Bytes>,
 }
 
 impl PartialEq for NameSet {
@@ -248,7 +255,19 @@ impl NameSet {
             names,
             hash: hasher.finish(),
             cluster_positions: OnceLock::new(),
+            sotw_spelling: OnceLock::new(),
         }
+    }
+
+    /// See the field: set once, by the first request that spells the set.
+    pub fn sotw_spelling(&self) -> Option<&Bytes> {
+        self.sotw_spelling.get()
+    }
+
+    /// Keeps `spelling` (the names of a SotW request for exactly this set, in wire form) unless
+    /// one was kept before.
+    pub fn spelled_by(&self, spelling: impl FnOnce() -> Bytes) {
+        self.sotw_spelling.get_or_init(spelling);
     }
 
     /// Where the clusters of service `host` (`outbound|<port>|<subset>|<host>`) are among

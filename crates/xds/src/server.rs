@@ -11,6 +11,7 @@ use crate::registry::{
 };
 use crate::request::SotwRequest;
 use crate::types::{ByTypeUrl, ResourceType, TypeSet, type_url_key};
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meshpilot_model::{Proxy, ProxyMetadata};
 use meshpilot_translate::vhds::ROUTE_CONFIG_HEADER;
@@ -108,17 +109,32 @@ impl AdsService {
     }
 }
 
-/// A request of either flavor.
-enum Incoming {
+/// A request of either flavor, read.
+enum Request {
     Sotw(SotwRequest),
     Delta(DeltaRequest),
 }
 
-impl Incoming {
+/// Reads a request from its bytes. They come off the stream unread so that a SotW request is
+/// read knowing which name lists the proxy is expected to repeat (`spellings`, see
+/// [`Connection::sotw_name_spellings`]).
+fn read_request(
+    flavor: Flavor,
+    frame: Bytes,
+    spellings: impl FnOnce() -> Vec<Bytes>,
+) -> Result<Request, Status> {
+    match flavor {
+        Flavor::Sotw => SotwRequest::decode_frame_knowing(frame, &spellings()).map(Request::Sotw),
+        Flavor::Delta => DeltaRequest::decode_frame(frame).map(Request::Delta),
+    }
+    .map_err(crate::grpc::malformed)
+}
+
+impl Request {
     fn node(&self) -> Option<&Node> {
         match self {
-            Incoming::Sotw(r) => r.node.as_ref(),
-            Incoming::Delta(r) => r.node.as_ref(),
+            Request::Sotw(r) => r.node.as_ref(),
+            Request::Delta(r) => r.node.as_ref(),
         }
     }
 }
@@ -227,19 +243,10 @@ impl AdsService {
         B::Error: Into<tonic::codegen::StdError> + Send + 'static,
     {
         let ads = self.clone();
-        let flavor = stream.flavor();
         let peer = remote_addr(request.extensions());
         let body = request.into_body();
-        let inbound: InboundStream = match flavor {
-            Flavor::Sotw => Box::pin(
-                RequestStream::<SotwRequest, B>::new(body, MAX_REQUEST_BYTES)
-                    .map(|r| r.map(Incoming::Sotw)),
-            ),
-            Flavor::Delta => Box::pin(
-                RequestStream::<DeltaRequest, B>::new(body, MAX_REQUEST_BYTES)
-                    .map(|r| r.map(Incoming::Delta)),
-            ),
-        };
+        let inbound: InboundStream =
+            Box::pin(RequestStream::<Bytes, B>::new(body, MAX_REQUEST_BYTES));
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let response = match ads.start(stream, peer, inbound, tx) {
             Ok(()) => {
@@ -267,7 +274,7 @@ fn remote_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
         })
 }
 
-type InboundStream = Pin<Box<dyn Stream<Item = Result<Incoming, Status>> + Send>>;
+type InboundStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
 /// Where a stream's responses go.
 type Sink = mpsc::Sender<Queued>;
@@ -313,7 +320,7 @@ async fn serve_stream(
     sink: &Sink,
 ) -> Result<(), Status> {
     let first = match inbound.next().await {
-        Some(Ok(request)) => request,
+        Some(Ok(frame)) => read_request(stream.flavor(), frame, Vec::new)?,
         Some(Err(status)) => return Err(status),
         None => return Ok(()),
     };
@@ -388,14 +395,18 @@ async fn serve_stream(
             let mut s = shared.lock();
             let ctx = context(&s.current);
             let out = match req {
-                Incoming::Sotw(r) => s.connection.on_sotw_request(r, &ctx),
-                Incoming::Delta(r) => s.connection.on_delta_request(r, &ctx),
+                Request::Sotw(r) => s.connection.on_sotw_request(r, &ctx),
+                Request::Delta(r) => s.connection.on_delta_request(r, &ctx),
             };
             ("request", out, started.elapsed())
         } else {
             tokio::select! {
                 next = inbound.next() => match next {
-                    Some(Ok(req)) => { request = Some(req); continue; }
+                    Some(Ok(frame)) => {
+                        let spellings = || shared.lock().connection.sotw_name_spellings();
+                        request = Some(read_request(flavor, frame, spellings)?);
+                        continue;
+                    }
                     Some(Err(status)) => {
                         tracing::debug!("stream error: {status}");
                         return Ok(());
@@ -675,4 +686,27 @@ fn proxy_from_node(node: &Node) -> Result<(Proxy, serde_json::Value), Status> {
     let proxy =
         Proxy::from_node(&node.id, &parsed).map_err(|e| Status::invalid_argument(e.to_string()))?;
     Ok((proxy, metadata))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_that_does_not_decode_ends_its_stream_as_invalid_argument() {
+        // Field 3 (`resource_names`) whose length runs past the end of the request.
+        let cut = Bytes::from_static(&[0x1a, 0x05, b'a']);
+        for flavor in [Flavor::Sotw, Flavor::Delta] {
+            let Err(status) = read_request(flavor, cut.clone(), Vec::new) else {
+                panic!("{flavor:?}: a cut request decoded");
+            };
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(
+                status.message().starts_with("malformed request"),
+                "{status:?}"
+            );
+        }
+        let ok = read_request(Flavor::Sotw, Bytes::new(), Vec::new);
+        assert!(matches!(ok, Ok(Request::Sotw(_))));
+    }
 }

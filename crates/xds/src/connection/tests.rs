@@ -435,6 +435,53 @@ fn repeated_and_reordered_name_lists_are_the_same_subscription() {
     assert!(!watch(&c2, ENDPOINT).names.contains(V2));
 }
 
+/// A SotW request as the server reads it off the stream, knowing what the connection expects.
+fn read_frame(c: &Connection, request: &DiscoveryRequest) -> SotwRequest {
+    let frame = Bytes::from(request.encode_to_vec());
+    SotwRequest::decode_frame_knowing(frame, &c.sotw_name_spellings()).unwrap()
+}
+
+#[test]
+fn a_request_repeating_its_subscription_is_recognised_by_its_bytes() {
+    let mesh = Mesh::new();
+    let (mut c, nonces) = synced_sotw(&mesh);
+    let ctx = mesh.ctx();
+    let spellings = c.sotw_name_spellings();
+    assert_eq!(spellings.len(), 2, "EDS and RDS lists, not the wildcards");
+    let eds_spelling = watch(&c, ENDPOINT).names.sotw_spelling().unwrap().clone();
+    assert!(
+        spellings
+            .iter()
+            .any(|s| s.as_ptr() == eds_spelling.as_ptr())
+    );
+    // Sidecars of one mesh share the interned set and so its spelling.
+    let (other, _) = synced_sotw(&mesh);
+    let others = watch(&other, ENDPOINT).names.sotw_spelling().unwrap();
+    assert_eq!(others.as_ptr(), eds_spelling.as_ptr());
+
+    // An ACK repeating the list holds the spelling itself and is nothing new.
+    let ack = read_frame(&c, &sotw(ENDPOINT, &[V1, V2], &nonces[ENDPOINT]));
+    assert!(ack.repeats(&eds_spelling));
+    let before = watch(&c, ENDPOINT).names.clone();
+    assert!(c.on_sotw_request(ack, &ctx).is_empty());
+    assert!(Arc::ptr_eq(&before, &watch(&c, ENDPOINT).names));
+
+    // The list followed by one more name starts like the spelling but is a new subscription.
+    let default = format!("outbound|9080||{REVIEWS}");
+    let nonce = watch(&c, ENDPOINT).last_sent_nonce.clone().unwrap();
+    let longer = read_frame(&c, &sotw(ENDPOINT, &[V1, V2, &default], &nonce));
+    assert!(!longer.repeats(&eds_spelling));
+    assert_eq!(longer.names().collect::<Vec<_>>(), [V1, V2, &default]);
+    let added = one(c.on_sotw_request(longer, &ctx));
+    assert_eq!(names_of_assignments(&added), [default]);
+
+    // Another proxy listing the same names in another order is recognised by fingerprint.
+    let (mut reordered, nonces) = synced_sotw(&mesh);
+    let request = read_frame(&reordered, &sotw(ENDPOINT, &[V2, V1], &nonces[ENDPOINT]));
+    assert!(!request.repeats(&eds_spelling));
+    assert!(reordered.on_sotw_request(request, &ctx).is_empty());
+}
+
 #[test]
 fn cds_push_rewarms_endpoints_on_the_next_eds_request() {
     let mut mesh = Mesh::new();
