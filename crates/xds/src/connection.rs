@@ -312,14 +312,12 @@ impl Connection {
 
     /// The name lists this proxy's SotW requests are expected to repeat (one per subscription,
     /// in wire form), for [`SotwRequest::decode_frame_knowing`].
-    pub fn sotw_name_spellings(&self) -> Vec<Bytes> {
+    pub fn sotw_name_spellings(&self) -> impl Iterator<Item = &Bytes> {
         self.watches
             .values()
             .filter(|watch| !watch.wildcard)
             .filter_map(|watch| watch.names.sotw_spelling())
             .filter(|spelling| !spelling.is_empty())
-            .cloned()
-            .collect()
     }
 
     /// Takes the server's [`SotwRequest`] or (tests, tools) Envoy's `DiscoveryRequest`.

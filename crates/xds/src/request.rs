@@ -76,7 +76,7 @@ impl SotwRequest {
     /// contiguous (as every protobuf encoder writes a repeated field): an EDS ACK repeats
     /// every subscribed name, tens of KB, and this costs a walk over them instead of a copy.
     pub fn decode_frame(frame: Bytes) -> Result<Self, DecodeError> {
-        Self::decode_frame_knowing(frame, &[])
+        Self::decode_frame_knowing(frame, [])
     }
 
     /// [`SotwRequest::decode_frame`], given runs of names this stream is known to send (its
@@ -85,11 +85,15 @@ impl SotwRequest {
     /// bytes instead of walking entry by entry, and a request whose names are exactly one of
     /// them holds that run instead of a slice of the frame, so that [`SotwRequest::repeats`]
     /// can tell without reading the names again. Either way the request reads the same.
-    pub fn decode_frame_knowing(frame: Bytes, known: &[Bytes]) -> Result<Self, DecodeError> {
+    pub fn decode_frame_knowing<'k>(
+        frame: Bytes,
+        known: impl IntoIterator<Item = &'k Bytes>,
+    ) -> Result<Self, DecodeError> {
+        let mut known = known.into_iter();
         let mut request = SotwRequest::default();
         let mut rest = frame.clone();
         let mut names: Option<std::ops::Range<usize>> = None;
-        let mut names_known: Option<&Bytes> = None;
+        let mut names_known: Option<&'k Bytes> = None;
         let ctx = DecodeContext::default();
         while rest.has_remaining() {
             let start = frame.len() - rest.remaining();
@@ -104,8 +108,9 @@ impl SotwRequest {
                 // `names()` and the fingerprint read, so read the request the general way.
                 return SotwRequest::decode(frame);
             }
+            // Taken once: a second run of names is read the general way below.
             let repeated = known
-                .iter()
+                .by_ref()
                 .find(|run| !run.is_empty() && frame[start..].starts_with(run));
             let consumed = match repeated {
                 // Whole entries (the key already read); more names may follow them.

@@ -118,13 +118,13 @@ enum Request {
 /// Reads a request from its bytes. They come off the stream unread so that a SotW request is
 /// read knowing which name lists the proxy is expected to repeat (`spellings`, see
 /// [`Connection::sotw_name_spellings`]).
-fn read_request(
+fn read_request<'k>(
     flavor: Flavor,
     frame: Bytes,
-    spellings: impl FnOnce() -> Vec<Bytes>,
+    spellings: impl IntoIterator<Item = &'k Bytes>,
 ) -> Result<Request, Status> {
     match flavor {
-        Flavor::Sotw => SotwRequest::decode_frame_knowing(frame, &spellings()).map(Request::Sotw),
+        Flavor::Sotw => SotwRequest::decode_frame_knowing(frame, spellings).map(Request::Sotw),
         Flavor::Delta => DeltaRequest::decode_frame(frame).map(Request::Delta),
     }
     .map_err(crate::grpc::malformed)
@@ -320,7 +320,7 @@ async fn serve_stream(
     sink: &Sink,
 ) -> Result<(), Status> {
     let first = match inbound.next().await {
-        Some(Ok(frame)) => read_request(stream.flavor(), frame, Vec::new)?,
+        Some(Ok(frame)) => read_request(stream.flavor(), frame, [])?,
         Some(Err(status)) => return Err(status),
         None => return Ok(()),
     };
@@ -403,8 +403,15 @@ async fn serve_stream(
             tokio::select! {
                 next = inbound.next() => match next {
                     Some(Ok(frame)) => {
-                        let spellings = || shared.lock().connection.sotw_name_spellings();
-                        request = Some(read_request(flavor, frame, spellings)?);
+                        let read = match flavor {
+                            // Read under the stream's own lock, against its subscriptions.
+                            Flavor::Sotw => {
+                                let s = shared.lock();
+                                read_request(flavor, frame, s.connection.sotw_name_spellings())
+                            }
+                            Flavor::Delta => read_request(flavor, frame, []),
+                        };
+                        request = Some(read?);
                         continue;
                     }
                     Some(Err(status)) => {
@@ -697,7 +704,7 @@ mod tests {
         // Field 3 (`resource_names`) whose length runs past the end of the request.
         let cut = Bytes::from_static(&[0x1a, 0x05, b'a']);
         for flavor in [Flavor::Sotw, Flavor::Delta] {
-            let Err(status) = read_request(flavor, cut.clone(), Vec::new) else {
+            let Err(status) = read_request(flavor, cut.clone(), []) else {
                 panic!("{flavor:?}: a cut request decoded");
             };
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -706,7 +713,7 @@ mod tests {
                 "{status:?}"
             );
         }
-        let ok = read_request(Flavor::Sotw, Bytes::new(), Vec::new);
+        let ok = read_request(Flavor::Sotw, Bytes::new(), []);
         assert!(matches!(ok, Ok(Request::Sotw(_))));
     }
 }

@@ -438,7 +438,7 @@ fn repeated_and_reordered_name_lists_are_the_same_subscription() {
 /// A SotW request as the server reads it off the stream, knowing what the connection expects.
 fn read_frame(c: &Connection, request: &DiscoveryRequest) -> SotwRequest {
     let frame = Bytes::from(request.encode_to_vec());
-    SotwRequest::decode_frame_knowing(frame, &c.sotw_name_spellings()).unwrap()
+    SotwRequest::decode_frame_knowing(frame, c.sotw_name_spellings()).unwrap()
 }
 
 #[test]
@@ -446,12 +446,14 @@ fn a_request_repeating_its_subscription_is_recognised_by_its_bytes() {
     let mesh = Mesh::new();
     let (mut c, nonces) = synced_sotw(&mesh);
     let ctx = mesh.ctx();
-    let spellings = c.sotw_name_spellings();
-    assert_eq!(spellings.len(), 2, "EDS and RDS lists, not the wildcards");
+    assert_eq!(
+        c.sotw_name_spellings().count(),
+        2,
+        "EDS and RDS lists, not the wildcards"
+    );
     let eds_spelling = watch(&c, ENDPOINT).names.sotw_spelling().unwrap().clone();
     assert!(
-        spellings
-            .iter()
+        c.sotw_name_spellings()
             .any(|s| s.as_ptr() == eds_spelling.as_ptr())
     );
     // Sidecars of one mesh share the interned set and so its spelling.
