@@ -13,7 +13,6 @@ use crate::response::GrpcChunks;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use http_body::{Body, Frame};
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,19 +25,24 @@ use tonic::codegen::http;
 /// The 5-byte gRPC message prefix: a compression flag and a big-endian length.
 const PREFIX: usize = 5;
 
-/// The messages of a gRPC request body, decoded one at a time.
-pub struct RequestStream<M, B> {
+/// The status a request that does not decode ends its stream with.
+pub(crate) fn malformed(error: prost::DecodeError) -> Status {
+    Status::invalid_argument(format!("malformed request: {error}"))
+}
+
+/// The messages of a gRPC request body, one at a time, as bytes: the stream reads them
+/// (`server::read_request`), knowing what its proxy is expected to repeat.
+pub struct RequestStream<B> {
     body: Pin<Box<B>>,
-    /// Bytes of the message being assembled; emptied (and its memory freed) once decoded.
+    /// Bytes of the message being assembled; emptied (and its memory freed) once taken.
     pending: BytesMut,
     max_message: usize,
     ended: bool,
     /// An error was returned: the stream is over whatever is left in `pending`.
     failed: bool,
-    _message: PhantomData<fn() -> M>,
 }
 
-impl<M, B> RequestStream<M, B> {
+impl<B> RequestStream<B> {
     pub fn new(body: B, max_message: usize) -> Self {
         RequestStream {
             body: Box::pin(body),
@@ -46,37 +50,11 @@ impl<M, B> RequestStream<M, B> {
             max_message,
             ended: false,
             failed: false,
-            _message: PhantomData,
         }
     }
-}
 
-/// How a request message is read from its bytes.
-pub trait FromFrame: Sized {
-    fn from_frame(bytes: Bytes) -> Result<Self, prost::DecodeError>;
-}
-
-/// The message's bytes as they are, to be read later.
-impl FromFrame for Bytes {
-    fn from_frame(bytes: Bytes) -> Result<Self, prost::DecodeError> {
-        Ok(bytes)
-    }
-}
-
-/// The status a request that does not decode ends its stream with.
-pub(crate) fn malformed(error: prost::DecodeError) -> Status {
-    Status::invalid_argument(format!("malformed request: {error}"))
-}
-
-impl FromFrame for envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
-    fn from_frame(bytes: Bytes) -> Result<Self, prost::DecodeError> {
-        prost::Message::decode(bytes)
-    }
-}
-
-impl<M: FromFrame, B> RequestStream<M, B> {
     /// The next complete message in `pending`, if one is there.
-    fn take_message(&mut self) -> Result<Option<M>, Status> {
+    fn take_message(&mut self) -> Result<Option<Bytes>, Status> {
         if self.pending.len() < PREFIX {
             return Ok(None);
         }
@@ -102,20 +80,17 @@ impl<M: FromFrame, B> RequestStream<M, B> {
             // Let the allocation go with `frame` instead of keeping it for the next request.
             self.pending = BytesMut::new();
         }
-        // Decoded from `Bytes` so that request names can be a slice of the buffer.
-        M::from_frame(frame.freeze().slice(PREFIX..))
-            .map(Some)
-            .map_err(malformed)
+        // As `Bytes`, so that request names can be a slice of the buffer.
+        Ok(Some(frame.freeze().slice(PREFIX..)))
     }
 }
 
-impl<M, B> Stream for RequestStream<M, B>
+impl<B> Stream for RequestStream<B>
 where
-    M: FromFrame,
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Item = Result<M, Status>;
+    type Item = Result<Bytes, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -351,9 +326,10 @@ mod tests {
         wire.extend(framed(&b));
         // Frames that cut through prefixes and bodies alike.
         let pieces = wire.chunks(7_001).map(Bytes::copy_from_slice).collect();
-        let mut stream = RequestStream::<DiscoveryRequest, _>::new(Pieces(pieces), 1 << 22);
-        assert_eq!(stream.next().await.unwrap().unwrap(), a);
-        assert_eq!(stream.next().await.unwrap().unwrap(), b);
+        let mut stream = RequestStream::new(Pieces(pieces), 1 << 22);
+        let mut next = async || DiscoveryRequest::decode(stream.next().await.unwrap().unwrap());
+        assert_eq!(next().await.unwrap(), a);
+        assert_eq!(next().await.unwrap(), b);
         assert!(stream.next().await.is_none());
         assert_eq!(
             stream.pending.capacity(),
@@ -413,25 +389,18 @@ mod tests {
     #[tokio::test]
     async fn oversized_compressed_and_truncated_requests_are_errors() {
         let wire = framed(&request(100));
-        let oversized = RequestStream::<DiscoveryRequest, _>::new(
-            Pieces([Bytes::from(wire.clone())].into()),
-            64,
-        );
+        let oversized = RequestStream::new(Pieces([Bytes::from(wire.clone())].into()), 64);
         let codes: Vec<_> = oversized.map(|r| r.unwrap_err().code()).collect().await;
         assert_eq!(codes, [tonic::Code::ResourceExhausted]);
 
         let mut compressed = wire.clone();
         compressed[0] = 1;
-        let mut stream = RequestStream::<DiscoveryRequest, _>::new(
-            Pieces([Bytes::from(compressed)].into()),
-            1 << 22,
-        );
+        let mut stream = RequestStream::new(Pieces([Bytes::from(compressed)].into()), 1 << 22);
         let status = stream.next().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unimplemented);
 
         let truncated = Bytes::copy_from_slice(&wire[..wire.len() - 1]);
-        let mut stream =
-            RequestStream::<DiscoveryRequest, _>::new(Pieces([truncated].into()), 1 << 22);
+        let mut stream = RequestStream::new(Pieces([truncated].into()), 1 << 22);
         assert_eq!(
             stream.next().await.unwrap().unwrap_err().code(),
             tonic::Code::Internal

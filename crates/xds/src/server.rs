@@ -245,8 +245,7 @@ impl AdsService {
         let ads = self.clone();
         let peer = remote_addr(request.extensions());
         let body = request.into_body();
-        let inbound: InboundStream =
-            Box::pin(RequestStream::<Bytes, B>::new(body, MAX_REQUEST_BYTES));
+        let inbound: InboundStream = Box::pin(RequestStream::new(body, MAX_REQUEST_BYTES));
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let response = match ads.start(stream, peer, inbound, tx) {
             Ok(()) => {
