@@ -312,7 +312,7 @@ impl Connection {
 
     /// The name lists this proxy's SotW requests are expected to repeat (one per subscription,
     /// in wire form), for [`SotwRequest::decode_frame_knowing`].
-    pub fn sotw_name_spellings(&self) -> impl Iterator<Item = &Bytes> {
+    pub fn sotw_name_spellings(&self) -> impl Iterator<Item = &Bytes> + Clone {
         self.watches
             .values()
             .filter(|watch| !watch.wildcard)

@@ -10,7 +10,8 @@
 
 use crate::connection::Outgoing;
 use crate::response::GrpcChunks;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use crate::segments::{Pending, Segments};
+use bytes::{Buf, Bytes};
 use futures::task::AtomicWaker;
 use http_body::{Body, Frame};
 use std::pin::Pin;
@@ -30,12 +31,12 @@ pub(crate) fn malformed(error: prost::DecodeError) -> Status {
     Status::invalid_argument(format!("malformed request: {error}"))
 }
 
-/// The messages of a gRPC request body, one at a time, as bytes: the stream reads them
-/// (`server::read_request`), knowing what its proxy is expected to repeat.
+/// The messages of a gRPC request body, one at a time, as the pieces of bytes they arrived in:
+/// the stream reads them (`server::read_request`), knowing what its proxy is expected to repeat.
 pub struct RequestStream<B> {
     body: Pin<Box<B>>,
-    /// Bytes of the message being assembled; emptied (and its memory freed) once taken.
-    pending: BytesMut,
+    /// The pieces of the message being assembled, as the body gave them (not copied).
+    pending: Pending,
     max_message: usize,
     ended: bool,
     /// An error was returned: the stream is over whatever is left in `pending`.
@@ -46,7 +47,7 @@ impl<B> RequestStream<B> {
     pub fn new(body: B, max_message: usize) -> Self {
         RequestStream {
             body: Box::pin(body),
-            pending: BytesMut::new(),
+            pending: Pending::default(),
             max_message,
             ended: false,
             failed: false,
@@ -54,17 +55,16 @@ impl<B> RequestStream<B> {
     }
 
     /// The next complete message in `pending`, if one is there.
-    fn take_message(&mut self) -> Result<Option<Bytes>, Status> {
-        if self.pending.len() < PREFIX {
+    fn take_message(&mut self) -> Result<Option<Segments>, Status> {
+        let Some(prefix) = self.pending.peek::<PREFIX>() else {
             return Ok(None);
-        }
-        if self.pending[0] != 0 {
+        };
+        if prefix[0] != 0 {
             return Err(Status::unimplemented(
                 "compressed requests are not supported; send identity encoding",
             ));
         }
-        let len = u32::from_be_bytes(self.pending[1..PREFIX].try_into().expect("4 bytes"));
-        let len = len as usize;
+        let len = u32::from_be_bytes(prefix[1..].try_into().expect("4 bytes")) as usize;
         if len > self.max_message {
             return Err(Status::resource_exhausted(format!(
                 "request of {len} bytes exceeds the limit of {} bytes",
@@ -72,16 +72,10 @@ impl<B> RequestStream<B> {
             )));
         }
         if self.pending.len() < PREFIX + len {
-            self.pending.reserve(PREFIX + len - self.pending.len());
             return Ok(None);
         }
-        let frame = self.pending.split_to(PREFIX + len);
-        if self.pending.is_empty() {
-            // Let the allocation go with `frame` instead of keeping it for the next request.
-            self.pending = BytesMut::new();
-        }
-        // As `Bytes`, so that request names can be a slice of the buffer.
-        Ok(Some(frame.freeze().slice(PREFIX..)))
+        self.pending.skip(PREFIX);
+        Ok(Some(self.pending.take(len)))
     }
 }
 
@@ -90,7 +84,7 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Item = Result<Bytes, Status>;
+    type Item = Result<Segments, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -113,12 +107,9 @@ where
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(mut data) = frame.into_data() {
-                        while data.has_remaining() {
-                            let chunk = data.chunk();
-                            this.pending.put_slice(chunk);
-                            let n = chunk.len();
-                            data.advance(n);
-                        }
+                        // HTTP/2's DATA payloads are `Bytes`: taken as they are, not copied.
+                        let len = data.remaining();
+                        this.pending.push(data.copy_to_bytes(len));
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -327,14 +318,15 @@ mod tests {
         // Frames that cut through prefixes and bodies alike.
         let pieces = wire.chunks(7_001).map(Bytes::copy_from_slice).collect();
         let mut stream = RequestStream::new(Pieces(pieces), 1 << 22);
-        let mut next = async || DiscoveryRequest::decode(stream.next().await.unwrap().unwrap());
+        let mut next =
+            async || DiscoveryRequest::decode(stream.next().await.unwrap().unwrap().contiguous());
         assert_eq!(next().await.unwrap(), a);
         assert_eq!(next().await.unwrap(), b);
         assert!(stream.next().await.is_none());
         assert_eq!(
             stream.pending.capacity(),
             0,
-            "no buffer kept between messages"
+            "no queue kept between messages"
         );
     }
 

@@ -17,6 +17,7 @@ mod registry;
 mod request;
 mod resources;
 mod response;
+mod segments;
 mod server;
 pub mod tls;
 mod types;

@@ -7,6 +7,7 @@
 //! the subscription fingerprint hashes. An ACK repeating the list the proxy subscribed with
 //! costs one comparison of bytes ([`SotwRequest::decode_frame_knowing`]): neither walk nor hash.
 
+use crate::segments::Segments;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -141,6 +142,66 @@ impl SotwRequest {
             (None, None) => Bytes::new(),
         };
         Ok(request)
+    }
+
+    /// [`SotwRequest::decode_frame_knowing`] of a request that arrived in pieces (HTTP/2 DATA
+    /// frames). One whose names are exactly one of the known runs, as every SotW ACK repeating
+    /// its subscription is, is read where it lies, its names compared piece by piece; any other
+    /// is joined into one buffer and read as a frame. Either way the request reads the same.
+    pub fn decode_segments_knowing<'k, K>(message: Segments, known: K) -> Result<Self, DecodeError>
+    where
+        K: IntoIterator<Item = &'k Bytes>,
+        K::IntoIter: Clone,
+    {
+        let known = known.into_iter();
+        if message.parts().len() > 1
+            && let Some(request) = Self::decode_repeating(&message, known.clone())
+        {
+            return Ok(request);
+        }
+        Self::decode_frame_knowing(message.contiguous(), known)
+    }
+
+    /// A request whose names are exactly one of `known`, read from its pieces; `None` when it
+    /// is anything else (other names, none, or bytes that do not decode: the caller reads it
+    /// the general way, errors included).
+    pub(crate) fn decode_repeating<'k>(
+        message: &Segments,
+        mut known: impl Iterator<Item = &'k Bytes>,
+    ) -> Option<Self> {
+        let mut request = SotwRequest::default();
+        let mut names: Option<&'k Bytes> = None;
+        let mut rest = message.cursor();
+        while rest.has_remaining() {
+            if rest.peek_u8() == Some(NAME_KEY) {
+                if names.is_some() {
+                    // Names split by other fields.
+                    return None;
+                }
+                // A run is whole entries; the names must end with it.
+                let run = known.find(|run| {
+                    if run.is_empty() || !rest.starts_with(run) {
+                        return false;
+                    }
+                    let mut after = rest.clone();
+                    after.advance(run.len());
+                    after.peek_u8() != Some(NAME_KEY)
+                })?;
+                rest.advance(run.len());
+                names = Some(run);
+                continue;
+            }
+            let (tag, wire_type) = decode_key(&mut rest).ok()?;
+            if tag == RESOURCE_NAMES {
+                // A key of more bytes than needed.
+                return None;
+            }
+            request
+                .merge_field(tag, wire_type, &mut rest, DecodeContext::default())
+                .ok()?;
+        }
+        request.names_wire = names?.clone();
+        Some(request)
     }
 
     /// The names in wire form, copied out of the request's frame: to keep as a known run
@@ -495,6 +556,63 @@ mod tests {
         let read = SotwRequest::decode_frame_knowing(wildcard, &known).unwrap();
         assert_eq!(read.names().count(), 0);
         assert!(!read.repeats(&Bytes::new()));
+    }
+
+    /// `wire` cut into pieces of `stride` bytes, as HTTP/2 frames would cut it.
+    fn in_pieces(wire: &Bytes, stride: usize) -> Segments {
+        let mut pending = crate::segments::Pending::default();
+        for start in (0..wire.len()).step_by(stride) {
+            pending.push(wire.slice(start..(start + stride).min(wire.len())));
+        }
+        pending.take(wire.len())
+    }
+
+    #[test]
+    fn a_request_in_pieces_reads_as_it_would_in_one() {
+        let frame = Bytes::from(envoy_request().encode_to_vec());
+        let spelling = SotwRequest::decode_frame(frame.clone())
+            .unwrap()
+            .shared_names();
+        let mut other = Vec::new();
+        string::encode(RESOURCE_NAMES, &"other".to_string(), &mut other);
+        let known = [Bytes::new(), Bytes::from(other), spelling.clone()];
+        let mut longer = envoy_request();
+        longer.resource_names.push("late".into());
+        let mut prefixed = envoy_request();
+        prefixed.resource_names[2].push('y');
+        let mut cut = frame.to_vec();
+        cut.extend_from_slice(&[NAME_KEY, 0x05, b'b']);
+        let mut split = frame.to_vec();
+        string::encode(VERSION_INFO, &"v2".to_string(), &mut split);
+        split.extend_from_slice(&spelling);
+        let requests = [
+            frame.clone(),
+            Bytes::from(longer.encode_to_vec()),
+            Bytes::from(prefixed.encode_to_vec()),
+            Bytes::from(cut),
+            Bytes::from(split),
+            Bytes::from(DiscoveryRequest::default().encode_to_vec()),
+        ];
+        for (i, wire) in requests.iter().enumerate() {
+            let whole = SotwRequest::decode_frame_knowing(wire.clone(), &known);
+            for stride in [1, 2, 3, 7, 64, 100, wire.len().max(1)] {
+                let pieces = in_pieces(wire, stride);
+                let read = SotwRequest::decode_segments_knowing(pieces.clone(), &known);
+                match (&read, &whole) {
+                    (Ok(read), Ok(whole)) => {
+                        assert_eq!(read, whole, "request {i} in pieces of {stride}");
+                        assert_eq!(read.repeats(&spelling), whole.repeats(&spelling));
+                    }
+                    (Err(_), Err(_)) => {}
+                    _ => panic!("request {i} in pieces of {stride}: {read:?} vs {whole:?}"),
+                }
+                // Only the exact repeat is read from its pieces; the rest are joined.
+                let in_place = SotwRequest::decode_repeating(&pieces, known.iter()).is_some();
+                assert_eq!(in_place, i == 0, "request {i} in pieces of {stride}");
+            }
+        }
+        let read = SotwRequest::decode_segments_knowing(in_pieces(&frame, 16), &known).unwrap();
+        assert!(read.repeats(&spelling), "the run itself, not a copy");
     }
 
     #[test]

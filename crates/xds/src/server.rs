@@ -10,6 +10,7 @@ use crate::registry::{
     ConnectionInfo, ConnectionRegistry, ConnectionStatus, StatusSource, StreamKind,
 };
 use crate::request::SotwRequest;
+use crate::segments::Segments;
 use crate::types::{ByTypeUrl, ResourceType, TypeSet, type_url_key};
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -118,14 +119,14 @@ enum Request {
 /// Reads a request from its bytes. They come off the stream unread so that a SotW request is
 /// read knowing which name lists the proxy is expected to repeat (`spellings`, see
 /// [`Connection::sotw_name_spellings`]).
-fn read_request<'k>(
-    flavor: Flavor,
-    frame: Bytes,
-    spellings: impl IntoIterator<Item = &'k Bytes>,
-) -> Result<Request, Status> {
+fn read_request<'k, K>(flavor: Flavor, message: Segments, spellings: K) -> Result<Request, Status>
+where
+    K: IntoIterator<Item = &'k Bytes>,
+    K::IntoIter: Clone,
+{
     match flavor {
-        Flavor::Sotw => SotwRequest::decode_frame_knowing(frame, spellings).map(Request::Sotw),
-        Flavor::Delta => DeltaRequest::decode_frame(frame).map(Request::Delta),
+        Flavor::Sotw => SotwRequest::decode_segments_knowing(message, spellings).map(Request::Sotw),
+        Flavor::Delta => DeltaRequest::decode_frame(message.contiguous()).map(Request::Delta),
     }
     .map_err(crate::grpc::malformed)
 }
@@ -273,7 +274,7 @@ fn remote_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
         })
 }
 
-type InboundStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+type InboundStream = Pin<Box<dyn Stream<Item = Result<Segments, Status>> + Send>>;
 
 /// Where a stream's responses go.
 type Sink = mpsc::Sender<Queued>;
@@ -703,7 +704,7 @@ mod tests {
         // Field 3 (`resource_names`) whose length runs past the end of the request.
         let cut = Bytes::from_static(&[0x1a, 0x05, b'a']);
         for flavor in [Flavor::Sotw, Flavor::Delta] {
-            let Err(status) = read_request(flavor, cut.clone(), []) else {
+            let Err(status) = read_request(flavor, cut.clone().into(), []) else {
                 panic!("{flavor:?}: a cut request decoded");
             };
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -712,7 +713,7 @@ mod tests {
                 "{status:?}"
             );
         }
-        let ok = read_request(Flavor::Sotw, Bytes::new(), []);
+        let ok = read_request(Flavor::Sotw, Bytes::new().into(), []);
         assert!(matches!(ok, Ok(Request::Sotw(_))));
     }
 }
