@@ -43,6 +43,13 @@ impl Segments {
         }
     }
 
+    fn push(&mut self, part: Bytes) {
+        if !part.is_empty() {
+            self.len += part.len();
+            self.parts.push(part);
+        }
+    }
+
     /// A reader over the bytes, from the start.
     pub fn cursor(&self) -> Cursor<'_> {
         Cursor {
@@ -58,15 +65,6 @@ impl From<Bytes> for Segments {
         let mut segments = Segments::default();
         segments.push(bytes);
         segments
-    }
-}
-
-impl Segments {
-    fn push(&mut self, part: Bytes) {
-        if !part.is_empty() {
-            self.len += part.len();
-            self.parts.push(part);
-        }
     }
 }
 
@@ -121,8 +119,20 @@ impl Pending {
     ///
     /// # Panics
     /// When fewer than `n` are pending.
-    pub fn skip(&mut self, n: usize) {
-        drop(self.take(n));
+    pub fn skip(&mut self, mut n: usize) {
+        assert!(n <= self.len, "skipping {n} of {} pending bytes", self.len);
+        self.len -= n;
+        // Piece by piece, without collecting them: this drops every message's 5-byte prefix.
+        while n > 0 {
+            let front = self.parts.front_mut().expect("pending bytes are in parts");
+            if front.len() <= n {
+                n -= front.len();
+                self.parts.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
     }
 
     /// Takes the first `n` bytes, without copying them.
