@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::Status;
 use tonic::codegen::http;
@@ -160,18 +159,76 @@ impl Drop for Lease {
     }
 }
 
-/// A response or the status that ends the stream, as queued for [`ResponseBody`]. Boxed: the
-/// queue's first block of slots is allocated with each stream, and unboxed (~150 bytes a slot)
-/// it was 4.6 KB of every connection's memory.
+/// A response or the status that ends the stream, as queued for [`ResponseBody`]. Boxed: a
+/// queued response is two words, whatever the response.
 pub type Queued = Result<Box<Outgoing>, Box<Status>>;
 
-/// The response body of one stream: each queued response as gRPC frames, then the
-/// `grpc-status` trailers. A chunk is produced only when the stream's previous chunks have
-/// been written out, so however slowly a proxy reads (or however many connect at once), the
-/// server buffers at most [`ResponseBody::MAX_IN_FLIGHT`] bytes of encoded config for it; a
-/// stalled proxy's stream simply stops being fed while its task keeps only the latest state.
+/// The responses a stream has produced and its body has not yet taken, at most `limit`.
+///
+/// Only the stream's own future writes to it, and that future is polled by the body that
+/// reads it ([`ResponseBody`]), in one task: a full queue needs no waker, because the body
+/// polls the future again as soon as it has taken a response out.
+#[derive(Debug)]
+pub struct ResponseQueue {
+    queued: std::sync::Mutex<std::collections::VecDeque<Queued>>,
+    limit: usize,
+}
+
+impl ResponseQueue {
+    pub fn new(limit: usize) -> Self {
+        ResponseQueue {
+            queued: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            limit: limit.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Queued>> {
+        self.queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the proxy has fallen `limit` responses behind.
+    pub fn is_full(&self) -> bool {
+        self.lock().len() >= self.limit
+    }
+
+    /// Queues `response` once there is room (see the type's note on waking).
+    pub async fn send(&self, response: Queued) {
+        let mut response = Some(response);
+        std::future::poll_fn(|_| {
+            let mut queued = self.lock();
+            if queued.len() >= self.limit {
+                return Poll::Pending;
+            }
+            queued.push_back(response.take().expect("queued once"));
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    fn pop(&self) -> Option<Queued> {
+        self.lock().pop_front()
+    }
+}
+
+/// A stream's work: reading its requests, following published snapshots and queueing
+/// responses; it ends when the stream does.
+pub type StreamTask = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The response body of one stream, which also drives the stream's own work ([`StreamTask`])
+/// in HTTP/2's task for the stream: each queued response as gRPC frames, then the
+/// `grpc-status` trailers. One task per stream instead of two saves a wake-up and a channel
+/// hand-off per push.
+///
+/// A chunk is produced only when the stream's previous chunks have been written out, so
+/// however slowly a proxy reads (or however many connect at once), the server buffers at most
+/// [`ResponseBody::MAX_IN_FLIGHT`] bytes of encoded config for it, and at most `limit`
+/// responses ([`ResponseQueue`]); a stalled proxy's stream simply stops being fed while its
+/// watch keeps only the latest state.
 pub struct ResponseBody {
-    responses: mpsc::Receiver<Queued>,
+    task: Option<StreamTask>,
+    responses: Arc<ResponseQueue>,
     current: Option<GrpcChunks>,
     in_flight: Arc<InFlight>,
     finished: bool,
@@ -180,8 +237,9 @@ pub struct ResponseBody {
 impl ResponseBody {
     pub const MAX_IN_FLIGHT: usize = GrpcChunks::TARGET;
 
-    pub fn new(responses: mpsc::Receiver<Queued>) -> Self {
+    pub fn new(task: StreamTask, responses: Arc<ResponseQueue>) -> Self {
         ResponseBody {
+            task: Some(task),
             responses,
             current: None,
             in_flight: Arc::default(),
@@ -218,6 +276,15 @@ impl ResponseBody {
         }
         Frame::trailers(trailers)
     }
+
+    /// Lets the stream's task run until it waits; forgets it once it has ended.
+    fn drive_task(&mut self, cx: &mut Context<'_>) {
+        if let Some(task) = self.task.as_mut()
+            && task.as_mut().poll(cx).is_ready()
+        {
+            self.task = None;
+        }
+    }
 }
 
 impl Body for ResponseBody {
@@ -228,6 +295,8 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        // Requests and turns are answered even while a response is being written.
+        self.drive_task(cx);
         loop {
             if self.current.is_some() && !self.has_room(cx) {
                 return Poll::Pending;
@@ -240,17 +309,21 @@ impl Body for ResponseBody {
             if self.finished {
                 return Poll::Ready(None);
             }
-            match self.responses.poll_recv(cx) {
-                Poll::Ready(Some(Ok(response))) => self.current = Some(GrpcChunks::new(*response)),
-                Poll::Ready(Some(Err(status))) => {
+            match self.responses.pop() {
+                Some(Ok(response)) => {
+                    self.current = Some(GrpcChunks::new(*response));
+                    // The task may have been waiting for the room just made.
+                    self.drive_task(cx);
+                }
+                Some(Err(status)) => {
                     self.finished = true;
                     return Poll::Ready(Some(Ok(Self::trailers(&status))));
                 }
-                Poll::Ready(None) => {
+                None if self.task.is_none() => {
                     self.finished = true;
                     return Poll::Ready(Some(Ok(Self::trailers(&Status::ok("")))));
                 }
-                Poll::Pending => return Poll::Pending,
+                None => return Poll::Pending,
             }
         }
     }
@@ -270,7 +343,7 @@ mod tests {
 
     #[test]
     fn a_queued_response_is_two_words() {
-        // The response queue allocates a block of 32 slots per stream up front.
+        // A stream keeps up to `STREAM_BUFFER` of these while its proxy is behind.
         assert_eq!(
             std::mem::size_of::<Queued>(),
             2 * std::mem::size_of::<usize>()
@@ -353,10 +426,10 @@ mod tests {
             nonce: "n".into(),
             control_plane: "c".into(),
         });
-        let (tx, rx) = mpsc::channel(1);
-        tx.send(Ok(Box::new(response))).await.unwrap();
-        drop(tx);
-        let mut body = ResponseBody::new(rx);
+        let queue = Arc::new(ResponseQueue::new(1));
+        let sink = queue.clone();
+        let task = Box::pin(async move { sink.send(Ok(Box::new(response))).await });
+        let mut body = ResponseBody::new(task, queue);
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         // The transport still holds the first chunk: the body must wait.
         let waker = futures::task::noop_waker();
@@ -376,6 +449,72 @@ mod tests {
             total > 400_000,
             "the rest of the response follows ({total} bytes)"
         );
+    }
+
+    fn small_response(nonce: &str) -> Box<Outgoing> {
+        Box::new(Outgoing::Sotw(crate::response::SotwResponse {
+            version_info: "v".into(),
+            resources: Vec::new().into(),
+            type_url: "t".into(),
+            nonce: nonce.into(),
+            control_plane: "c".into(),
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_task_held_up_by_a_full_queue_resumes_when_the_body_takes_a_response() {
+        use http_body_util::BodyExt;
+        let queue = Arc::new(ResponseQueue::new(1));
+        let sink = queue.clone();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        let task = Box::pin(async move {
+            for nonce in ["a", "b", "c"] {
+                sink.send(Ok(small_response(nonce))).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let mut body = ResponseBody::new(task, queue.clone());
+        let mut responses = 0;
+        loop {
+            let frame = body.frame().await.unwrap().unwrap();
+            match frame.into_data() {
+                Ok(_) => {
+                    responses += 1;
+                    // Never more queued than the limit, however far the task has got.
+                    assert!(sent.load(Ordering::SeqCst) <= responses + 1);
+                }
+                Err(trailers) => {
+                    assert_eq!(trailers.trailers_ref().unwrap()["grpc-status"], "0");
+                    break;
+                }
+            }
+        }
+        assert_eq!((responses, sent.load(Ordering::SeqCst)), (3, 3));
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_queued_status_ends_the_body_with_its_code() {
+        use http_body_util::BodyExt;
+        let queue = Arc::new(ResponseQueue::new(4));
+        let sink = queue.clone();
+        let task = Box::pin(async move {
+            sink.send(Err(Box::new(Status::unavailable("going away"))))
+                .await;
+            // A task that never ends must not keep the finished body open.
+            std::future::pending::<()>().await
+        });
+        let mut body = ResponseBody::new(task, queue);
+        let trailers = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(trailers["grpc-status"], "14");
+        assert!(body.frame().await.is_none());
     }
 
     #[tokio::test]

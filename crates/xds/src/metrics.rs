@@ -121,7 +121,7 @@ impl XdsMetrics {
         let pushes = Family::<TypeLabels, BareCounter>::default();
         registry.register(
             "pilot_xds_pushes",
-            "xDS responses sent, by type; *_senderr counts sends to proxies already gone",
+            "xDS responses sent, by type",
             pushes.clone(),
         );
         let convergence = Histogram::new([0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0]);
@@ -226,19 +226,6 @@ impl XdsMetrics {
         self.config_size
             .get_or_create(&labels)
             .observe(bytes as f64);
-    }
-
-    /// A response could not be sent because the proxy had gone.
-    pub fn count_send_error(&self, type_url: &str) {
-        let label = match ResourceType::from_type_url(type_url) {
-            Some(ResourceType::Cluster) => "cds_senderr",
-            Some(ResourceType::Endpoint) => "eds_senderr",
-            Some(ResourceType::Listener) => "lds_senderr",
-            Some(ResourceType::Route) => "rds_senderr",
-            Some(ResourceType::VirtualHost) => "vhds_senderr",
-            None => "other_senderr",
-        };
-        self.pushes.get_or_create(&[("type", label)]).inc_by(1);
     }
 
     pub fn count_nack(&self, type_url: &str) {

@@ -1,9 +1,11 @@
-//! The tonic side: `AggregatedDiscoveryService` wiring streams to [`Connection`]s. Each stream
-//! is one task that selects over the proxy's requests, published snapshots and shutdown.
+//! The tonic side: `AggregatedDiscoveryService` wiring streams to [`Connection`]s. Each stream's
+//! work is a future that selects over the proxy's requests, published snapshots, its push turn
+//! and shutdown; its response body drives it, in HTTP/2's task for the stream (see
+//! [`ResponseBody`]), so a stream is one task.
 
 use crate::connection::{Connection, Flavor, Outgoing, PushContext};
 use crate::delta_request::DeltaRequest;
-use crate::grpc::{Queued, RequestStream, ResponseBody};
+use crate::grpc::{RequestStream, ResponseBody, ResponseQueue, StreamTask};
 use crate::metrics::{XdsMetrics, type_label};
 use crate::publish::Published;
 use crate::registry::{
@@ -16,13 +18,14 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meshpilot_model::{Proxy, ProxyMetadata};
 use meshpilot_translate::vhds::ROUTE_CONFIG_HEADER;
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
@@ -32,8 +35,8 @@ use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::Instrument;
 
-/// Responses buffered per stream before the stream task waits for the proxy to read; a stalled
-/// proxy then stops being fed, but its task keeps only the latest published state.
+/// Responses queued per stream before its work waits for the proxy to read; a stalled proxy
+/// then stops being fed, and its stream keeps only the latest published state.
 const STREAM_BUFFER: usize = 8;
 
 /// Change pushes un-ACKed at once over all streams, by default (istiod's `PILOT_PUSH_THROTTLE`).
@@ -62,7 +65,7 @@ struct Inner {
     /// The semaphore is fair, so under load proxies are pushed in the order they became
     /// owed, each once per round with everything that changed meanwhile, and a push reaches
     /// the proxy past short queues rather than behind one push in flight per proxy.
-    push_turns: Arc<tokio::sync::Semaphore>,
+    push_turns: Arc<Turns>,
 }
 
 impl AdsService {
@@ -82,7 +85,7 @@ impl AdsService {
                 connection_counter: AtomicU64::new(0),
                 metrics,
                 registry: Arc::default(),
-                push_turns: Arc::new(tokio::sync::Semaphore::new(DEFAULT_PUSH_THROTTLE)),
+                push_turns: Turns::new(DEFAULT_PUSH_THROTTLE),
             }),
         }
     }
@@ -90,7 +93,7 @@ impl AdsService {
     /// At most `limit` change pushes un-ACKed at once (at least one). Call before cloning.
     pub fn with_push_throttle(mut self, limit: usize) -> Self {
         let inner = Arc::get_mut(&mut self.inner).expect("set before the service is cloned");
-        inner.push_turns = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+        inner.push_turns = Turns::new(limit);
         self
     }
 
@@ -247,10 +250,11 @@ impl AdsService {
         let peer = remote_addr(request.extensions());
         let body = request.into_body();
         let inbound: InboundStream = Box::pin(RequestStream::new(body, MAX_REQUEST_BYTES));
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let response = match ads.start(stream, peer, inbound, tx) {
-            Ok(()) => {
-                let mut response = http::Response::new(Body::new(ResponseBody::new(rx)));
+        let responses = Arc::new(ResponseQueue::new(STREAM_BUFFER));
+        let response = match ads.start(stream, peer, inbound, responses.clone()) {
+            Ok(task) => {
+                let mut response =
+                    http::Response::new(Body::new(ResponseBody::new(task, responses)));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     tonic::metadata::GRPC_CONTENT_TYPE,
@@ -277,7 +281,7 @@ fn remote_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
 type InboundStream = Pin<Box<dyn Stream<Item = Result<Segments, Status>> + Send>>;
 
 /// Where a stream's responses go.
-type Sink = mpsc::Sender<Queued>;
+type Sink = Arc<ResponseQueue>;
 
 impl AdsService {
     fn start(
@@ -286,7 +290,7 @@ impl AdsService {
         peer: Option<std::net::SocketAddr>,
         inbound: InboundStream,
         sink: Sink,
-    ) -> Result<(), Status> {
+    ) -> Result<StreamTask, Status> {
         if !*self.inner.ready.borrow() {
             return Err(Status::unavailable(
                 "meshpilot has not finished its initial sync; retry shortly",
@@ -299,16 +303,15 @@ impl AdsService {
             node = tracing::field::Empty,
             connection = tracing::field::Empty
         );
-        tokio::spawn(
+        Ok(Box::pin(
             async move {
                 if let Err(status) = serve_stream(&inner, stream, peer, inbound, &sink).await {
                     tracing::info!(code = ?status.code(), "stream closed: {}", status.message());
-                    let _ = sink.send(Err(Box::new(status))).await;
+                    sink.send(Err(Box::new(status))).await;
                 }
             }
             .instrument(span),
-        );
-        Ok(())
+        ))
     }
 }
 
@@ -446,10 +449,7 @@ async fn serve_stream(
                     let out = s.connection.on_push(&ctx, affected);
                     ("push", out, started.elapsed())
                 }
-                event = turn.next_event() => {
-                    let TurnEvent::Granted(waited) = event else {
-                        continue;
-                    };
+                waited = turn.granted() => {
                     inner.metrics.observe_queue_time(waited);
                     let latest = inner.published.borrow().clone();
                     let mut s = shared.lock();
@@ -488,15 +488,11 @@ async fn serve_stream(
             turn.pushed(kind);
             let type_url = type_url_key(response.type_url());
             let bytes = response.resource_bytes();
-            if sink.capacity() == 0 {
-                // The proxy is not reading: waiting here, the stream would not see its turn run
-                // out, and one of the throttle's slots would be gone for good.
+            if sink.is_full() {
+                // The proxy is not reading: the others need not wait for its turn to run out.
                 turn.give_back();
             }
-            if sink.send(Ok(Box::new(response))).await.is_err() {
-                inner.metrics.count_send_error(&type_url);
-                return Ok(());
-            }
+            sink.send(Ok(Box::new(response))).await;
             inner.metrics.count_push(&type_url, bytes);
             let now = SystemTime::now();
             let mut s = shared.lock();
@@ -560,36 +556,114 @@ impl StatusSource for SharedStream {
     }
 }
 
+/// The push throttle's turns, and when each held one runs out.
+///
+/// Expiry is kept here rather than by a timer in each stream: a stream's work runs inside its
+/// response body (see [`ResponseBody`]), and HTTP/2 stops polling a body whose proxy has
+/// stopped reading, so a stalled proxy's stream could not hand its turn back itself.
+struct Turns {
+    semaphore: Arc<tokio::sync::Semaphore>,
+    /// Held turns in the order they were granted, which is the order they run out in.
+    held: Mutex<VecDeque<(Instant, Weak<HeldPermit>)>>,
+    /// Raised when `held` gains a first entry.
+    added: tokio::sync::Notify,
+    expiring: std::sync::Once,
+}
+
+/// A granted turn; emptied when the proxy answers or the turn runs out, whichever is first.
+type HeldPermit = Mutex<Option<tokio::sync::OwnedSemaphorePermit>>;
+
+impl Turns {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Turns {
+            semaphore: Arc::new(tokio::sync::Semaphore::new(limit.max(1))),
+            held: Mutex::default(),
+            added: tokio::sync::Notify::new(),
+            expiring: std::sync::Once::new(),
+        })
+    }
+
+    /// Waits for a turn (the semaphore is fair: first come, first served).
+    async fn acquire(self: Arc<Self>) -> Option<Arc<HeldPermit>> {
+        let permit = self.semaphore.clone().acquire_owned().await.ok()?;
+        let held = Arc::new(Mutex::new(Some(permit)));
+        let first = {
+            let mut queue = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.push_back((Instant::now() + TURN_TIMEOUT, Arc::downgrade(&held)));
+            queue.len() == 1
+        };
+        // Started with the first turn granted: that is inside the runtime, and never idle.
+        self.expiring.call_once(|| {
+            tokio::spawn(self.clone().expire_held());
+        });
+        if first {
+            self.added.notify_one();
+        }
+        Some(held)
+    }
+
+    /// Takes back every turn held past [`TURN_TIMEOUT`]; sleeps while none is held.
+    async fn expire_held(self: Arc<Self>) {
+        loop {
+            let next = self
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .front()
+                .map(|(deadline, _)| *deadline);
+            let Some(deadline) = next else {
+                self.added.notified().await;
+                continue;
+            };
+            tokio::time::sleep_until(deadline.into()).await;
+            let now = Instant::now();
+            let mut queue = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            while let Some((deadline, held)) = queue.front() {
+                if *deadline > now {
+                    break;
+                }
+                if let Some(held) = held.upgrade() {
+                    held.lock().unwrap_or_else(PoisonError::into_inner).take();
+                }
+                queue.pop_front();
+            }
+        }
+    }
+}
+
 /// A stream's place in the push queue: waiting for a turn, holding one, or neither.
 #[derive(Default)]
 struct Turn {
     /// Since when, and the wait itself.
-    waiting: Option<(
-        Instant,
-        BoxFuture<Option<tokio::sync::OwnedSemaphorePermit>>,
-    )>,
+    waiting: Option<(Instant, BoxFuture<Option<Arc<HeldPermit>>>)>,
     held: Option<HeldTurn>,
 }
 
-/// Dropped as soon as the proxy answers what was pushed under it, so that its timer never
-/// fires for a turn already given back.
+/// Dropped as soon as the proxy answers what was pushed under it.
 struct HeldTurn {
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    expires: Pin<Box<tokio::time::Sleep>>,
+    permit: Option<Arc<HeldPermit>>,
     /// The types pushed while holding the turn.
     pushed: TypeSet,
 }
 
-/// What happened to a stream's turn.
-enum TurnEvent {
-    /// Granted after waiting this long.
-    Granted(Duration),
-    /// A held turn ran out: the proxy is slow to answer, so others go first.
-    Expired,
+impl HeldTurn {
+    /// Whether the turn has run out ([`Turns::expire_held`]): the proxy is slow to answer,
+    /// so others go first.
+    fn expired(&self) -> bool {
+        self.permit.as_ref().is_some_and(|permit| {
+            permit
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_none()
+        })
+    }
 }
 
 impl Turn {
-    fn held(&self) -> bool {
+    fn held(&mut self) -> bool {
+        if self.held.as_ref().is_some_and(HeldTurn::expired) {
+            self.held = None;
+        }
         self.held.is_some()
     }
 
@@ -598,33 +672,26 @@ impl Turn {
     }
 
     /// Queues for a turn, unless holding or waiting for one already.
-    fn want(&mut self, turns: &Arc<tokio::sync::Semaphore>) {
-        if self.held.is_none() && self.waiting.is_none() {
-            let turns = turns.clone();
-            let wait = Box::pin(async move { turns.acquire_owned().await.ok() });
-            self.waiting = Some((Instant::now(), wait));
+    fn want(&mut self, turns: &Arc<Turns>) {
+        if !self.held() && self.waiting.is_none() {
+            self.waiting = Some((Instant::now(), Box::pin(turns.clone().acquire())));
         }
     }
 
-    /// Never resolves while neither waiting nor holding.
-    async fn next_event(&mut self) -> TurnEvent {
-        if let Some((since, wait)) = self.waiting.as_mut() {
-            let permit = wait.await;
-            let waited = since.elapsed();
-            self.waiting = None;
-            self.held = Some(HeldTurn {
-                _permit: permit,
-                expires: Box::pin(tokio::time::sleep(TURN_TIMEOUT)),
-                pushed: TypeSet::default(),
-            });
-            return TurnEvent::Granted(waited);
-        }
-        let Some(held) = self.held.as_mut() else {
+    /// The turn, once granted, and how long it was waited for; never resolves while not
+    /// waiting.
+    async fn granted(&mut self) -> Duration {
+        let Some((since, wait)) = self.waiting.as_mut() else {
             return std::future::pending().await;
         };
-        held.expires.as_mut().await;
-        self.held = None;
-        TurnEvent::Expired
+        let permit = wait.await;
+        let waited = since.elapsed();
+        self.waiting = None;
+        self.held = Some(HeldTurn {
+            permit,
+            pushed: TypeSet::default(),
+        });
+        waited
     }
 
     /// Notes a response (of `kind`, when one of the served types) sent while holding the turn.

@@ -1,7 +1,7 @@
 //! The tonic service over a real loopback gRPC connection, each accepted connection reading
 //! ahead as `meshpilot discovery`'s do: stream admission rules, pushes reaching a connected
-//! client, a subscription many HTTP/2 frames long, proxies taking turns for change pushes, and
-//! shutdown ending its stream.
+//! client, a subscription many HTTP/2 frames long, proxies taking turns for change pushes (a
+//! silent or stalled one giving its turn up), and shutdown ending its stream.
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Server};
 const NODE: &str = "sidecar~10.244.1.20~productpage.default~default.svc.cluster.local";
 
 struct Harness {
+    addr: std::net::SocketAddr,
     client: AggregatedDiscoveryServiceClient<Channel>,
     ready: watch::Sender<bool>,
     publisher: Publisher,
@@ -60,6 +61,7 @@ async fn start_with_throttle(ready: bool, push_throttle: usize) -> Harness {
         .await
         .unwrap();
     Harness {
+        addr,
         client,
         ready: ready_tx,
         publisher,
@@ -150,9 +152,15 @@ impl<F: std::future::Future> Within5s for F {}
 async fn subscribed_to_reviews(
     h: &mut Harness,
 ) -> (mpsc::Sender<DiscoveryRequest>, Responses, DiscoveryResponse) {
+    subscribed_to_reviews_on(&mut h.client).await
+}
+
+/// [`subscribed_to_reviews`] over the given client's connection.
+async fn subscribed_to_reviews_on(
+    client: &mut AggregatedDiscoveryServiceClient<Channel>,
+) -> (mpsc::Sender<DiscoveryRequest>, Responses, DiscoveryResponse) {
     let (tx, rx) = mpsc::channel(8);
-    let mut responses = h
-        .client
+    let mut responses = client
         .stream_aggregated_resources(ReceiverStream::new(rx))
         .within_5s()
         .await
@@ -179,6 +187,24 @@ fn publish_reviews(h: &mut Harness, pod: &str, ip: &str) {
         &[("http", 9080)],
         &[("reviews-v1", "10.244.1.11"), (pod, ip)],
     ))));
+    h.publisher.publish(h.index.snapshot(), changes);
+}
+
+/// Publishes reviews with `pods` pods, a generation's worth of addresses: an EDS response of
+/// well over 64 KiB.
+fn publish_many_reviews(h: &mut Harness, pods: usize, generation: u8) {
+    let endpoints: Vec<(String, String)> = (0..pods)
+        .map(|i| {
+            let ip = format!("10.{generation}.{}.{}", i / 250, i % 250 + 1);
+            (format!("reviews-{generation}-{i}"), ip)
+        })
+        .collect();
+    let endpoints: Vec<(&str, &str)> = endpoints
+        .iter()
+        .map(|(pod, ip)| (pod.as_str(), ip.as_str()))
+        .collect();
+    let slice = mk_slice("default", "reviews", &[("http", 9080)], &endpoints);
+    let changes = h.index.apply(Object::EndpointSlice(Arc::new(slice)));
     h.publisher.publish(h.index.snapshot(), changes);
 }
 
@@ -322,4 +348,46 @@ async fn proxies_take_turns_for_change_pushes_and_a_silent_one_gives_its_turn_up
         waited >= Duration::from_millis(800),
         "the second push waited for the turn to run out, not {waited:?}"
     );
+}
+
+#[tokio::test]
+async fn a_proxy_that_stops_reading_mid_push_still_gives_its_turn_up() {
+    // One turn. The stalled proxy has its own connection with 64 KiB flow-control windows
+    // and stops reading once subscribed, so a large push fills its windows mid-response and
+    // HTTP/2 stops taking the stream's frames while it holds the turn.
+    let mut h = start_with_throttle(true, 1).await;
+    let mut stalled_client = AggregatedDiscoveryServiceClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr))
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .within_5s()
+            .await
+            .unwrap(),
+    );
+    let (stalled_tx, _stalled_unread, eds) = subscribed_to_reviews_on(&mut stalled_client).await;
+    stalled_tx
+        .send(request(ENDPOINT, &[REVIEWS], &eds.nonce, false))
+        .await
+        .unwrap();
+    let (tx, mut responses, eds) = subscribed_to_reviews(&mut h).await;
+    tx.send(request(ENDPOINT, &[REVIEWS], &eds.nonce, false))
+        .await
+        .unwrap();
+    // Whichever proxy takes the turn first, the stalled one holds it in one of two rounds:
+    // the reader is still pushed in each, once that turn runs out.
+    for generation in 1..=2 {
+        publish_many_reviews(&mut h, 4000, generation);
+        let pushed = within(&mut responses, Duration::from_secs(5)).await;
+        let pushed = pushed.unwrap_or_else(|| panic!("round {generation}: reader not pushed"));
+        assert_eq!(pushed.type_url, ENDPOINT);
+        assert!(
+            pushed.encoded_len() > 65_535,
+            "a push larger than the windows"
+        );
+        tx.send(request(ENDPOINT, &[REVIEWS], &pushed.nonce, false))
+            .await
+            .unwrap();
+    }
 }
