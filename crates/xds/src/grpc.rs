@@ -16,8 +16,8 @@ use futures::task::AtomicWaker;
 use http_body::{Body, Frame};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use tokio_stream::Stream;
 use tonic::Status;
 use tonic::codegen::http;
@@ -207,8 +207,31 @@ impl ResponseQueue {
         .await
     }
 
-    fn pop(&self) -> Option<Queued> {
-        self.lock().pop_front()
+    /// The oldest response, and whether the queue was full before it was taken.
+    fn pop(&self) -> Option<(Queued, bool)> {
+        let mut queued = self.lock();
+        let was_full = queued.len() >= self.limit;
+        queued.pop_front().map(|response| (response, was_full))
+    }
+}
+
+/// The waker a stream's work is polled with: it wakes the body and notes that the work asked
+/// to run. The body polls the work only then (or when it made room in a full queue), because a
+/// poll re-registers the work on every waiter list it waits on, and the published snapshot's is
+/// shared by all streams and taken under a lock.
+struct TaskWaker {
+    woken: AtomicBool,
+    body: AtomicWaker,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.body.wake();
     }
 }
 
@@ -228,6 +251,9 @@ pub type StreamTask = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 /// watch keeps only the latest state.
 pub struct ResponseBody {
     task: Option<StreamTask>,
+    task_waker: Arc<TaskWaker>,
+    /// `task_waker` as a [`Waker`], made once.
+    waker: Waker,
     responses: Arc<ResponseQueue>,
     current: Option<GrpcChunks>,
     in_flight: Arc<InFlight>,
@@ -238,8 +264,15 @@ impl ResponseBody {
     pub const MAX_IN_FLIGHT: usize = GrpcChunks::TARGET;
 
     pub fn new(task: StreamTask, responses: Arc<ResponseQueue>) -> Self {
+        // Woken to begin with: the work has not run yet.
+        let task_waker = Arc::new(TaskWaker {
+            woken: AtomicBool::new(true),
+            body: AtomicWaker::new(),
+        });
         ResponseBody {
             task: Some(task),
+            waker: Waker::from(task_waker.clone()),
+            task_waker,
             responses,
             current: None,
             in_flight: Arc::default(),
@@ -277,10 +310,20 @@ impl ResponseBody {
         Frame::trailers(trailers)
     }
 
-    /// Lets the stream's task run until it waits; forgets it once it has ended.
+    /// Lets the stream's task run until it waits, if it has been woken since; forgets it once
+    /// it has ended.
     fn drive_task(&mut self, cx: &mut Context<'_>) {
-        if let Some(task) = self.task.as_mut()
-            && task.as_mut().poll(cx).is_ready()
+        let Some(task) = self.task.as_mut() else {
+            return;
+        };
+        self.task_waker.body.register(cx.waker());
+        if !self.task_waker.woken.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        if task
+            .as_mut()
+            .poll(&mut Context::from_waker(&self.waker))
+            .is_ready()
         {
             self.task = None;
         }
@@ -310,12 +353,15 @@ impl Body for ResponseBody {
                 return Poll::Ready(None);
             }
             match self.responses.pop() {
-                Some(Ok(response)) => {
+                Some((Ok(response), was_full)) => {
                     self.current = Some(GrpcChunks::new(*response));
-                    // The task may have been waiting for the room just made.
-                    self.drive_task(cx);
+                    if was_full {
+                        // The task waits for the room just made, with no waker of its own.
+                        self.task_waker.woken.store(true, Ordering::Release);
+                        self.drive_task(cx);
+                    }
                 }
-                Some(Err(status)) => {
+                Some((Err(status), _)) => {
                     self.finished = true;
                     return Poll::Ready(Some(Ok(Self::trailers(&status))));
                 }
