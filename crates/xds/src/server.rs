@@ -564,7 +564,7 @@ impl StatusSource for SharedStream {
 struct Turns {
     semaphore: Arc<tokio::sync::Semaphore>,
     /// Held turns in the order they were granted, which is the order they run out in.
-    held: Mutex<VecDeque<(Instant, Weak<HeldPermit>)>>,
+    held: Mutex<VecDeque<(tokio::time::Instant, Weak<HeldPermit>)>>,
     /// Raised when `held` gains a first entry.
     added: tokio::sync::Notify,
     expiring: std::sync::Once,
@@ -589,7 +589,15 @@ impl Turns {
         let held = Arc::new(Mutex::new(Some(permit)));
         let first = {
             let mut queue = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-            queue.push_back((Instant::now() + TURN_TIMEOUT, Arc::downgrade(&held)));
+            // Most turns are given back long before they would run out: forget those first.
+            while queue
+                .front()
+                .is_some_and(|(_, given)| given.strong_count() == 0)
+            {
+                queue.pop_front();
+            }
+            let deadline = tokio::time::Instant::now() + TURN_TIMEOUT;
+            queue.push_back((deadline, Arc::downgrade(&held)));
             queue.len() == 1
         };
         // Started with the first turn granted: that is inside the runtime, and never idle.
@@ -615,8 +623,8 @@ impl Turns {
                 self.added.notified().await;
                 continue;
             };
-            tokio::time::sleep_until(deadline.into()).await;
-            let now = Instant::now();
+            tokio::time::sleep_until(deadline).await;
+            let now = tokio::time::Instant::now();
             let mut queue = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             while let Some((deadline, held)) = queue.front() {
                 if *deadline > now {
@@ -782,5 +790,30 @@ mod tests {
         }
         let ok = read_request(Flavor::Sotw, Bytes::new().into(), []);
         assert!(matches!(ok, Ok(Request::Sotw(_))));
+    }
+
+    fn turns_remembered(turns: &Turns) -> usize {
+        turns.held.lock().unwrap().len()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_held_past_its_time_is_taken_back_and_one_given_back_is_forgotten() {
+        let turns = Turns::new(1);
+        let held = turns.clone().acquire().await.expect("the only turn");
+        // The next stream waits until the held turn runs out.
+        let started = tokio::time::Instant::now();
+        let next = tokio::time::timeout(5 * TURN_TIMEOUT, turns.clone().acquire())
+            .await
+            .expect("the held turn runs out")
+            .expect("the turn, taken back");
+        assert!(started.elapsed() >= TURN_TIMEOUT, "{:?}", started.elapsed());
+        assert!(
+            held.lock().unwrap().is_none(),
+            "the late holder no longer holds it"
+        );
+        // Given back at once (the proxy answered): the next grant forgets it.
+        drop(next);
+        let _third = turns.clone().acquire().await.expect("the turn given back");
+        assert_eq!(turns_remembered(&turns), 1);
     }
 }
