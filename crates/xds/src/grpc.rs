@@ -14,9 +14,10 @@ use crate::segments::{Pending, Segments};
 use bytes::{Buf, Bytes};
 use futures::task::AtomicWaker;
 use http_body::{Body, Frame};
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use tokio_stream::Stream;
 use tonic::Status;
@@ -170,22 +171,20 @@ pub type Queued = Result<Box<Outgoing>, Box<Status>>;
 /// polls the future again as soon as it has taken a response out.
 #[derive(Debug)]
 pub struct ResponseQueue {
-    queued: std::sync::Mutex<std::collections::VecDeque<Queued>>,
+    queued: Mutex<VecDeque<Queued>>,
     limit: usize,
 }
 
 impl ResponseQueue {
     pub fn new(limit: usize) -> Self {
         ResponseQueue {
-            queued: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            queued: Mutex::default(),
             limit: limit.max(1),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Queued>> {
-        self.queued
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Queued>> {
+        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether the proxy has fallen `limit` responses behind.
