@@ -1221,7 +1221,7 @@ async fn run_sotw(
     answered: &mut bool,
 ) -> Result<()> {
     let mut channel = grpc::connect(&config.addr, STREAM_WINDOW, CONNECTION_WINDOW).await?;
-    let (tx, rx) = mpsc::unbounded_channel::<SotwRequestOut>();
+    let mut first = Vec::new();
     let request = |kind: Kind, names: Bytes, version: &str, nonce: &str| SotwRequestOut {
         request: LiteDiscoveryRequest {
             type_url: kind.type_url().into(),
@@ -1240,11 +1240,11 @@ async fn run_sotw(
             if kind.wildcard() || s.subscribed(kind) {
                 let mut r = request(kind, s.request_names(kind), &s.of(kind).version, "");
                 r.request.node = node.take();
-                tx.send(r)?;
+                first.push(r);
             }
         }
     }
-    let mut stream = grpc::open(&mut channel, ADS_SOTW, rx).await?;
+    let mut stream = grpc::open(&mut channel, ADS_SOTW, first).await?;
     let mut vhds_streams = tokio::task::JoinSet::new();
     while let Some(mut message) = stream.next_message().await? {
         *answered = true;
@@ -1258,13 +1258,13 @@ async fn run_sotw(
         let mut followups;
         {
             let mut s = state.lock().expect("sidecar state");
-            let stream = s.stream;
+            let stream_number = s.stream;
             record(
                 &mut s,
                 ResponseRecord {
                     kind,
                     at,
-                    stream,
+                    stream: stream_number,
                     bytes,
                     resources: response.resources.len() as u32,
                     version: response.version_info.as_str().into(),
@@ -1283,19 +1283,19 @@ async fn run_sotw(
                         &response.nonce,
                     );
                     nack.request.error_detail = nack_status(&detail);
-                    tx.send(nack)?;
+                    stream.send(nack);
                     nack_event(config, kind, detail);
                     continue;
                 }
             };
             followups = decoded.apply_to(&mut s, kind, &[], kind.wildcard(), observe);
             s.types[kind.index()].version = response.version_info.clone();
-            tx.send(request(
+            stream.send(request(
                 kind,
                 s.request_names(kind),
                 &response.version_info,
                 &response.nonce,
-            ))?;
+            ));
             // After every CDS update Envoy asks for its clusters' endpoints again (they
             // re-enter warming); after LDS, for routes when the names changed. An empty SotW
             // list would mean "everything", so it is never sent.
@@ -1309,12 +1309,12 @@ async fn run_sotw(
             ] {
                 if due && s.subscribed(target) {
                     let t = s.of(target);
-                    tx.send(request(
+                    stream.send(request(
                         target,
                         s.request_names(target),
                         &t.version,
                         &t.nonce,
-                    ))?;
+                    ));
                 }
             }
             open_vhds_streams(config, state, &mut s, &channel, &mut vhds_streams);
@@ -1341,7 +1341,7 @@ impl From<DeltaDiscoveryRequest> for DeltaOut {
 }
 
 impl grpc::Outbound for DeltaOut {
-    fn frame(&self) -> Bytes {
+    fn frame(&self) -> grpc::Frame {
         grpc::frame_with(&self.request, &self.encoded_fields)
     }
 }
@@ -1413,7 +1413,7 @@ async fn run_delta(
     answered: &mut bool,
 ) -> Result<()> {
     let mut channel = grpc::connect(&config.addr, STREAM_WINDOW, CONNECTION_WINDOW).await?;
-    let (tx, rx) = mpsc::unbounded_channel::<DeltaOut>();
+    let mut first = Vec::new();
     {
         // A new stream names what the client holds, so the server can skip it.
         let mut s = state.lock().expect("sidecar state");
@@ -1429,13 +1429,13 @@ async fn run_delta(
                 ..Default::default()
             };
             let fields = reconnect_fields(&s, kind);
-            tx.send(DeltaOut {
+            first.push(DeltaOut {
                 request: r,
                 encoded_fields: fields,
-            })?;
+            });
         }
     }
-    let mut stream = grpc::open(&mut channel, ADS_DELTA, rx).await?;
+    let mut stream = grpc::open(&mut channel, ADS_DELTA, first).await?;
     let mut vhds_streams = tokio::task::JoinSet::new();
     while let Some(mut message) = stream.next_message().await? {
         *answered = true;
@@ -1448,7 +1448,7 @@ async fn run_delta(
         {
             let mut s = state.lock().expect("sidecar state");
             let (reply, applied) = take_delta_response(config, &mut s, kind, &response, at);
-            tx.send(reply.into())?;
+            stream.send(reply.into());
             let Some(applied) = applied else {
                 continue;
             };
@@ -1460,7 +1460,7 @@ async fn run_delta(
                 if let Some((add, remove)) = diff
                     && !(add.is_empty() && remove.is_empty())
                 {
-                    tx.send(subscription_change(target, &add, &remove))?;
+                    stream.send(subscription_change(target, &add, &remove));
                 }
             }
             open_vhds_streams(config, state, &mut s, &channel, &mut vhds_streams);
@@ -1549,20 +1549,17 @@ async fn run_vhds(
     route_key: u64,
     route: &Bytes,
 ) -> Result<()> {
-    let (tx, rx) = mpsc::unbounded_channel::<DeltaOut>();
-    tx.send(
-        DeltaDiscoveryRequest {
-            type_url: Kind::VirtualHost.type_url().into(),
-            node: Some(config.node.clone()),
-            ..Default::default()
-        }
-        .into(),
-    )?;
+    let first: DeltaOut = DeltaDiscoveryRequest {
+        type_url: Kind::VirtualHost.type_url().into(),
+        node: Some(config.node.clone()),
+        ..Default::default()
+    }
+    .into();
     let header = (
         ROUTE_CONFIG_HEADER,
         String::from_utf8_lossy(route).into_owned(),
     );
-    let mut stream = grpc::open_with(&mut channel, VHDS, &[header], rx).await?;
+    let mut stream = grpc::open_with(&mut channel, VHDS, &[header], vec![first]).await?;
     while let Some(mut message) = stream.next_message().await? {
         let at = Instant::now();
         let response = LiteDeltaDiscoveryResponse::decode(&mut message.body)?;
@@ -1571,7 +1568,7 @@ async fn run_vhds(
         {
             let mut s = state.lock().expect("sidecar state");
             let (reply, applied) = take_delta_response(config, &mut s, kind, &response, at);
-            tx.send(reply.into())?;
+            stream.send(reply.into());
             let Some(applied) = applied else {
                 continue;
             };
@@ -1588,23 +1585,20 @@ async fn run_vhds(
 /// stays open with small flow-control windows that fill up.
 pub struct StalledClient {
     _channel: grpc::Channel,
-    _requests: mpsc::UnboundedSender<LiteDiscoveryRequest>,
     _stream: grpc::GrpcStream<LiteDiscoveryRequest>,
 }
 
 impl StalledClient {
     pub async fn open(addr: &str, node: Node) -> Result<StalledClient> {
         let mut channel = grpc::connect(addr, 65_535, 65_535).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(LiteDiscoveryRequest {
+        let first = LiteDiscoveryRequest {
             type_url: Kind::Cluster.type_url().into(),
             node: Some(node),
             ..Default::default()
-        })?;
-        let stream = grpc::open(&mut channel, ADS_SOTW, rx).await?;
+        };
+        let stream = grpc::open(&mut channel, ADS_SOTW, vec![first]).await?;
         Ok(StalledClient {
             _channel: channel,
-            _requests: tx,
             _stream: stream,
         })
     }
@@ -2036,7 +2030,7 @@ mod tests {
             },
             encoded_fields: fields.freeze(),
         };
-        let frame = out.frame();
+        let frame = grpc::joined(out.frame());
         let decoded = DeltaDiscoveryRequest::decode(&frame[5..]).unwrap();
         assert_eq!(decoded.type_url, Kind::Endpoint.type_url());
         assert_eq!(decoded.resource_names_subscribe, ["outbound|80||a.svc"]);
@@ -2128,7 +2122,7 @@ mod tests {
             Bytes::from_static(b"b"),
         ];
         let remove = [Bytes::from_static(b"gone")];
-        let frame = subscription_change(Kind::Endpoint, &add, &remove).frame();
+        let frame = grpc::joined(subscription_change(Kind::Endpoint, &add, &remove).frame());
         let request = DeltaDiscoveryRequest::decode(&frame[5..]).unwrap();
         assert_eq!(request.type_url, Kind::Endpoint.type_url());
         assert_eq!(

@@ -47,7 +47,7 @@ pub struct SotwRequestOut {
 }
 
 impl super::grpc::Outbound for SotwRequestOut {
-    fn frame(&self) -> Bytes {
+    fn frame(&self) -> super::grpc::Frame {
         super::grpc::frame_with(&self.request, &self.names)
     }
 }
