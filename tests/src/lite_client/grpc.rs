@@ -248,10 +248,10 @@ pub async fn open_with<Req: Outbound>(
 /// Frames `message` followed by `encoded_fields`, fields already in wire form (shared, not
 /// copied).
 pub fn frame_with(message: &impl prost::Message, encoded_fields: &Bytes) -> Frame {
-    let len = message.encoded_len() + encoded_fields.len();
-    let mut head = BytesMut::with_capacity(HEADER + message.encoded_len());
+    let message_len = message.encoded_len();
+    let mut head = BytesMut::with_capacity(HEADER + message_len);
     head.put_u8(0);
-    head.put_u32(len as u32);
+    head.put_u32((message_len + encoded_fields.len()) as u32);
     message
         .encode(&mut head)
         .expect("the buffer has room for the message");
