@@ -9,7 +9,8 @@ use meshpilot_model::{ChangeSet, Index, Kind};
 use meshpilot_sources::kubernetes::{self, KubernetesConfig};
 use meshpilot_sources::{FileEvent, FileSource, PendingPaths};
 use meshpilot_xds::{
-    AdsService, CacheOptions, DebounceConfig, Debouncer, Publisher, ReadAhead, XdsMetrics, tls,
+    AdsService, CacheOptions, DebounceConfig, Debouncer, Http2Settings, Publisher, ReadAhead,
+    XdsMetrics, tls,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,8 +19,8 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 #[derive(Args, Debug)]
 pub struct DiscoveryArgs {
@@ -195,29 +196,14 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
         root_cert = %credentials.root_cert_path.display(),
         "TLS port serves a certificate signed by this root; give it to bootstraps (--tls-root-cert)"
     );
-    let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(
-        &credentials.cert_chain_pem,
-        &credentials.key_pem,
-    ));
-    if let Some(ca) = &credentials.client_ca_pem {
-        tls_config = tls_config
-            .client_ca_root(Certificate::from_pem(ca))
-            .client_auth_optional(true);
-    }
-
-    let builder = || {
-        let mut b = Server::builder()
-            .http2_keepalive_interval(Some(args.keepalive_interval))
-            .http2_keepalive_timeout(Some(args.keepalive_timeout))
-            .max_concurrent_streams(100_000)
-            .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
-            .initial_connection_window_size(RECEIVE_WINDOW_BYTES);
-        if let Some(age) = args.max_connection_age {
-            b = b
-                .max_connection_age(age)
-                .max_connection_age_grace(Duration::from_secs(10));
-        }
-        b
+    let tls_acceptor = tokio_rustls::TlsAcceptor::from(
+        tls::server_config(&credentials, b"h2").context("TLS configuration")?,
+    );
+    let settings = Http2Settings {
+        keepalive_interval: args.keepalive_interval,
+        keepalive_timeout: args.keepalive_timeout,
+        max_connection_age: args.max_connection_age,
+        ..Http2Settings::default()
     };
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -226,16 +212,30 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
         .with_context(|| format!("listening for gRPC on {}", args.grpc_addr))?;
     let secure_listener = listen(args.secure_grpc_addr)
         .with_context(|| format!("listening for TLS gRPC on {}", args.secure_grpc_addr))?;
-    let plaintext = builder()
-        .add_service(service.clone().into_server())
-        .add_service(service.vhds_server())
-        .serve_with_incoming_shutdown(reading_ahead(plaintext_listener), stopped(shutdown.clone()));
-    let secure = builder()
-        .tls_config(tls_config)
-        .context("TLS configuration")?
-        .add_service(service.vhds_server())
-        .add_service(service.into_server())
-        .serve_with_incoming_shutdown(reading_ahead(secure_listener), stopped(shutdown.clone()));
+    // Both ports stop accepting, and close their connections, when the shutdown is signalled.
+    let closing = CancellationToken::new();
+    tokio::spawn({
+        let closing = closing.clone();
+        let stopped = stopped(shutdown.clone());
+        async move {
+            stopped.await;
+            closing.cancel();
+        }
+    });
+    let plaintext = meshpilot_xds::serve(
+        reading_ahead(plaintext_listener),
+        None,
+        service.clone(),
+        settings.clone(),
+        closing.clone(),
+    );
+    let secure = meshpilot_xds::serve(
+        reading_ahead(secure_listener),
+        Some(tls_acceptor),
+        service,
+        settings,
+        closing,
+    );
     let monitor = monitoring::serve(
         args.monitoring_addr,
         monitoring::State {
@@ -258,10 +258,8 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
         tracing::info!("shutting down");
         let _ = shutdown_tx.send(true);
     });
-    let (a, b, c) = tokio::join!(plaintext, secure, monitor);
-    a.with_context(|| format!("plaintext gRPC on {}", args.grpc_addr))?;
-    b.with_context(|| format!("TLS gRPC on {}", args.secure_grpc_addr))?;
-    c.with_context(|| format!("monitoring on {}", args.monitoring_addr))?;
+    let ((), (), monitored) = tokio::join!(plaintext, secure, monitor);
+    monitored.with_context(|| format!("monitoring on {}", args.monitoring_addr))?;
     Ok(())
 }
 
@@ -273,14 +271,6 @@ async fn serve(args: DiscoveryArgs) -> Result<()> {
 /// read on its own. With this buffer it fits in one. The kernel caps it at
 /// `net.core.rmem_max`; it bounds what a connection may have queued unread, not what it holds.
 const RECEIVE_BUFFER_BYTES: u32 = 512 * 1024;
-
-/// The HTTP/2 flow-control window each xDS connection and stream offers. HTTP/2 gives credit
-/// back once about a third of the window has been read, one `WINDOW_UPDATE` frame each for the
-/// stream and the connection: with hyper's 1 MiB that was after every sixth SotW EDS ACK (55 KB
-/// of names at 1,000 services), a send and, at the proxy, a wake-up and a read of their own.
-/// Requests are read as they arrive and may be this large anyway (the ADS server's request
-/// limit), so no more can pile up than before.
-const RECEIVE_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 
 /// Binds an xDS port with the accept backlog Go's listeners get (`net.core.somaxconn`), as
 /// istiod's do. tokio's default of 1,024 overflowed when 2,000 sidecars connected at once (a

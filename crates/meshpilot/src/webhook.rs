@@ -22,8 +22,6 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use meshpilot_agent::inject::{self, InjectConfig, Outcome};
 use meshpilot_xds::tls;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,7 +65,7 @@ pub fn run(args: WebhookArgs) -> Result<()> {
     sans.extend(args.tls_sans.iter().cloned());
     let credentials = tls::load_or_generate(&args.tls_dir, &sans)
         .with_context(|| format!("TLS material in {}", args.tls_dir.display()))?;
-    let tls = server_config(&credentials.cert_chain_pem, &credentials.key_pem)?;
+    let tls = tls::server_config(&credentials, b"http/1.1").context("TLS configuration")?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,24 +81,6 @@ pub fn run(args: WebhookArgs) -> Result<()> {
             );
             serve(tcp, tls, config, wait_for_signal()).await
         })
-}
-
-fn server_config(cert_chain_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>> {
-    let chain = CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .context("reading the serving certificate chain")?;
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("reading the serving key")?;
-    let mut config = rustls::ServerConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()
-    .context("TLS protocol versions")?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .context("the serving certificate and key do not match")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// Serves `/inject` (and `/healthz` for probes) over TLS until `shutdown` completes.

@@ -20,6 +20,7 @@ mod response;
 mod segments;
 mod server;
 pub mod tls;
+mod transport;
 mod types;
 
 pub use connection::{Connection, Flavor, Held, Nack, Outgoing, PushContext, Watch};
@@ -36,5 +37,6 @@ pub use resources::{
     CacheOptions, NameSet, Resource, ResourceCache, ResourceSet, Resources, SetDiff,
 };
 pub use response::{DeltaResponse, SotwResponse};
-pub use server::{AdsService, DEFAULT_PUSH_THROTTLE, VhdsServer};
+pub use server::{AdsService, DEFAULT_PUSH_THROTTLE};
+pub use transport::{ConnectionTask, GracefulShutdown, Http2Settings, StreamSpawner, serve};
 pub use types::{ByTypeUrl, ResourceType, TypeSet, affected_types};

@@ -1,7 +1,7 @@
-//! The tonic side: `AggregatedDiscoveryService` wiring streams to [`Connection`]s. Each stream's
+//! `AggregatedDiscoveryService` (and VHDS) wiring streams to [`Connection`]s. Each stream's
 //! work is a future that selects over the proxy's requests, published snapshots, its push turn
-//! and shutdown; its response body drives it, in HTTP/2's task for the stream (see
-//! [`ResponseBody`]), so a stream is one task.
+//! and shutdown; its response body drives it, polled in its connection's task (see
+//! [`ResponseBody`] and [`crate::transport`]).
 
 use crate::connection::{Connection, Flavor, Outgoing, PushContext};
 use crate::delta_request::DeltaRequest;
@@ -19,11 +19,9 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use meshpilot_model::{Proxy, ProxyMetadata};
 use meshpilot_translate::vhds::ROUTE_CONFIG_HEADER;
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
@@ -31,8 +29,6 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::server::NamedService;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::Instrument;
 
 /// Responses queued per stream before its work waits for the proxy to read; a stalled proxy
@@ -101,16 +97,6 @@ impl AdsService {
     pub fn registry(&self) -> Arc<ConnectionRegistry> {
         self.inner.registry.clone()
     }
-
-    /// The gRPC service to mount on a tonic server.
-    pub fn into_server(self) -> AdsServer {
-        AdsServer { ads: self }
-    }
-
-    /// The VHDS service (used with `--vhds`), mounted next to [`AdsService::into_server`].
-    pub fn vhds_server(&self) -> VhdsServer {
-        VhdsServer { ads: self.clone() }
-    }
 }
 
 /// A request of either flavor, read.
@@ -145,58 +131,36 @@ impl Request {
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-/// `envoy.service.discovery.v3.AggregatedDiscoveryService` ([`AdsServer`]) and, for `--vhds`,
-/// `envoy.service.route.v3.VirtualHostDiscoveryService` ([`VhdsServer`]: `DeltaVirtualHosts`
-/// only, as Envoy uses it, served by the same state machine watching only virtual hosts).
-/// Wired by hand rather than through the generated servers so that neither direction keeps
-/// per-stream buffers: requests decode into Envoy's generated types from a buffer released
-/// after each message, and responses are written from the cache's shared encoded resources a
-/// chunk at a time (see [`crate::grpc`]).
-#[derive(Clone)]
-pub struct DiscoveryServer<const VHDS: bool> {
-    ads: AdsService,
-}
-
-pub type AdsServer = DiscoveryServer<false>;
-pub type VhdsServer = DiscoveryServer<true>;
-
-const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
-const VHDS_SERVICE_NAME: &str = "envoy.service.route.v3.VirtualHostDiscoveryService";
-/// Envoy's VHDS subscription: a delta stream of its own, never part of ADS.
-const VHDS_PATH: &str = "/envoy.service.route.v3.VirtualHostDiscoveryService/DeltaVirtualHosts";
+/// Envoy's ADS: `envoy.service.discovery.v3.AggregatedDiscoveryService`, both flavors.
 const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+/// Envoy's VHDS subscription (used with `--vhds`): a delta stream of its own, never part of
+/// ADS, served by the same state machine watching only virtual hosts.
+const VHDS_PATH: &str = "/envoy.service.route.v3.VirtualHostDiscoveryService/DeltaVirtualHosts";
 /// Largest request accepted; Envoy's requests are small (names, a node).
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
-impl NamedService for AdsServer {
-    const NAME: &'static str = SERVICE_NAME;
-}
-
-impl NamedService for VhdsServer {
-    const NAME: &'static str = VHDS_SERVICE_NAME;
-}
-
-impl<const VHDS: bool, B> tonic::codegen::Service<http::Request<B>> for DiscoveryServer<VHDS>
-where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let served = match (VHDS, request.uri().path()) {
-            (false, SOTW_PATH) => Served::Ads(Flavor::Sotw),
-            (false, DELTA_PATH) => Served::Ads(Flavor::Delta),
-            (true, VHDS_PATH) => Served::Vhds {
+impl AdsService {
+    /// The response to a gRPC call from `peer`: a stream of ADS or VHDS by its path, or
+    /// `Unimplemented`. Served by hand rather than through tonic's generated servers so that
+    /// neither direction keeps per-stream buffers: requests are read from their frames and
+    /// released after each message, and responses are written from the cache's shared encoded
+    /// resources a chunk at a time (see [`crate::grpc`]).
+    pub(crate) fn respond<B>(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        request: http::Request<B>,
+    ) -> http::Response<Body>
+    where
+        B: tonic::codegen::Body + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+    {
+        let served = match request.uri().path() {
+            SOTW_PATH => Served::Ads(Flavor::Sotw),
+            DELTA_PATH => Served::Ads(Flavor::Delta),
+            VHDS_PATH => Served::Vhds {
                 // The route configuration this stream is for, when its config source names it.
                 route_config: request
                     .headers()
@@ -204,9 +168,23 @@ where
                     .and_then(|v| v.to_str().ok())
                     .map(Arc::from),
             },
-            _ => return Box::pin(async { Ok(Status::unimplemented("").into_http()) }),
+            path => return Status::unimplemented(format!("no method {path}")).into_http(),
         };
-        self.ads.call(served, request)
+        let inbound: InboundStream =
+            Box::pin(RequestStream::new(request.into_body(), MAX_REQUEST_BYTES));
+        let responses = Arc::new(ResponseQueue::new(STREAM_BUFFER));
+        match self.start(served, peer, inbound, responses.clone()) {
+            Ok(task) => {
+                let mut response =
+                    http::Response::new(Body::new(ResponseBody::new(task, responses)));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    tonic::metadata::GRPC_CONTENT_TYPE,
+                );
+                response
+            }
+            Err(status) => status.into_http(),
+        }
     }
 }
 
@@ -234,48 +212,6 @@ impl Served {
             Served::Vhds { .. } => StreamKind::Vhds,
         }
     }
-}
-
-impl AdsService {
-    fn call<B>(
-        &self,
-        stream: Served,
-        request: http::Request<B>,
-    ) -> BoxFuture<Result<http::Response<Body>, Infallible>>
-    where
-        B: tonic::codegen::Body + Send + 'static,
-        B::Error: Into<tonic::codegen::StdError> + Send + 'static,
-    {
-        let ads = self.clone();
-        let peer = remote_addr(request.extensions());
-        let body = request.into_body();
-        let inbound: InboundStream = Box::pin(RequestStream::new(body, MAX_REQUEST_BYTES));
-        let responses = Arc::new(ResponseQueue::new(STREAM_BUFFER));
-        let response = match ads.start(stream, peer, inbound, responses.clone()) {
-            Ok(task) => {
-                let mut response =
-                    http::Response::new(Body::new(ResponseBody::new(task, responses)));
-                response.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    tonic::metadata::GRPC_CONTENT_TYPE,
-                );
-                response
-            }
-            Err(status) => status.into_http(),
-        };
-        Box::pin(async move { Ok(response) })
-    }
-}
-
-fn remote_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
-    extensions
-        .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr)
-        .or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|tls| tls.get_ref().remote_addr())
-        })
 }
 
 type InboundStream = Pin<Box<dyn Stream<Item = Result<Segments, Status>> + Send>>;

@@ -7,6 +7,7 @@ use rcgen::{
 };
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -126,6 +127,52 @@ fn generate(dir: &Path, sans: &[String]) -> Result<(), TlsError> {
         }
     })?;
     Ok(())
+}
+
+fn config_error(what: &str, error: impl std::fmt::Display) -> TlsError {
+    TlsError::Config(format!("{what}: {error}"))
+}
+
+/// A rustls server configuration serving `credentials` with the one ALPN protocol `alpn`
+/// (`h2` for xDS, `http/1.1` for the webhook). With `client_ca_pem`, a client certificate is
+/// verified against it when a client presents one; clients without one are let in, as sidecars
+/// are before their certificate is issued.
+pub fn server_config(
+    credentials: &ServingCredentials,
+    alpn: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_slice_iter(credentials.cert_chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| config_error("reading the serving certificate chain", e))?;
+    let key = PrivateKeyDer::from_pem_slice(credentials.key_pem.as_bytes())
+        .map_err(|e| config_error("reading the serving key", e))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| config_error("TLS protocol versions", e))?;
+    let builder = match &credentials.client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                let cert = cert.map_err(|e| config_error("client CA", e))?;
+                roots.add(cert).map_err(|e| config_error("client CA", e))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| config_error("client CA", e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| config_error("the serving certificate and key do not match", e))?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

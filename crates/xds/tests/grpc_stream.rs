@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Channel;
 
 const NODE: &str = "sidecar~10.244.1.20~productpage.default~default.svc.cluster.local";
 
@@ -28,6 +28,9 @@ struct Harness {
     publisher: Publisher,
     index: Index,
     shutdown: watch::Sender<bool>,
+    /// Closes the port's connections and stops it accepting.
+    closing: tokio_util::sync::CancellationToken,
+    served: tokio::task::JoinHandle<()>,
 }
 
 async fn start(ready: bool) -> Harness {
@@ -35,6 +38,14 @@ async fn start(ready: bool) -> Harness {
 }
 
 async fn start_with_throttle(ready: bool, push_throttle: usize) -> Harness {
+    start_with(ready, push_throttle, meshpilot_xds::Http2Settings::default()).await
+}
+
+async fn start_with(
+    ready: bool,
+    push_throttle: usize,
+    settings: meshpilot_xds::Http2Settings,
+) -> Harness {
     let mut index = mk_reviews_index(&["v1"]);
     let (publisher, published) = Publisher::new(index.snapshot());
     let (ready_tx, ready_rx) = watch::channel(ready);
@@ -49,14 +60,15 @@ async fn start_with_throttle(ready: bool, push_throttle: usize) -> Harness {
     .with_push_throttle(push_throttle);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming(
-                tokio_stream::wrappers::TcpListenerStream::new(listener)
-                    .map(|accepted| accepted.map(ReadAhead::new)),
-            ),
-    );
+    let closing = tokio_util::sync::CancellationToken::new();
+    let served = tokio::spawn(meshpilot_xds::serve(
+        tokio_stream::wrappers::TcpListenerStream::new(listener)
+            .map(|accepted| accepted.map(ReadAhead::new)),
+        None,
+        service,
+        settings,
+        closing.clone(),
+    ));
     let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -67,6 +79,8 @@ async fn start_with_throttle(ready: bool, push_throttle: usize) -> Harness {
         publisher,
         index,
         shutdown: shutdown_tx,
+        closing,
+        served,
     }
 }
 
@@ -280,6 +294,59 @@ async fn every_publish_reaches_a_stream_and_shutdown_ends_it() {
         .expect("the stream ends with a status")
         .expect_err("an error status");
     assert_eq!(status.code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn a_connection_past_its_age_is_closed_after_its_grace_period() {
+    let settings = meshpilot_xds::Http2Settings {
+        max_connection_age: Some(Duration::from_millis(200)),
+        close_grace: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let mut h = start_with(true, meshpilot_xds::DEFAULT_PUSH_THROTTLE, settings).await;
+    let (_tx, mut responses, _eds) = subscribed_to_reviews(&mut h).await;
+    // The ADS stream outlives the graceful close (HTTP/2 GOAWAY), so the grace period ends it.
+    let ended = next(&mut responses).await;
+    assert!(
+        !matches!(ended, Some(Ok(_))),
+        "the stream ended, not pushed to: {ended:?}"
+    );
+    // The client reconnects, and is served again.
+    let (_tx, _responses, eds) = subscribed_to_reviews(&mut h).await;
+    assert_eq!(eds.type_url, ENDPOINT);
+}
+
+#[tokio::test]
+async fn closing_the_port_ends_its_connections_and_it_stops_accepting() {
+    let settings = meshpilot_xds::Http2Settings {
+        close_grace: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let mut h = start_with(true, meshpilot_xds::DEFAULT_PUSH_THROTTLE, settings).await;
+    let (_tx, mut responses, _eds) = subscribed_to_reviews(&mut h).await;
+    h.closing.cancel();
+    (&mut h.served).within_5s().await.unwrap();
+    let ended = next(&mut responses).await;
+    assert!(!matches!(ended, Some(Ok(_))), "the stream ended: {ended:?}");
+    assert!(
+        tokio::net::TcpStream::connect(h.addr).await.is_err(),
+        "the port no longer accepts"
+    );
+}
+
+#[tokio::test]
+async fn a_method_other_than_ads_and_vhds_is_unimplemented() {
+    use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
+    let h = start(true).await;
+    let mut client = ClusterDiscoveryServiceClient::connect(format!("http://{}", h.addr))
+        .await
+        .unwrap();
+    let status = client
+        .fetch_clusters(request(CLUSTER, &[], "", true))
+        .within_5s()
+        .await
+        .expect_err("not served");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
 }
 
 /// A response on `responses` within `wait`, or None.

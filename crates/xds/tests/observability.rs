@@ -15,7 +15,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Server;
 
 const NODE: &str = "sidecar~10.244.1.20~productpage.default~default.svc.cluster.local";
 const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
@@ -86,11 +85,14 @@ async fn pushes_nacks_and_connections_are_recorded() {
     let registry: Arc<ConnectionRegistry> = service.registry();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    tokio::spawn(meshpilot_xds::serve(
+        tokio_stream::wrappers::TcpListenerStream::new(listener)
+            .map(|accepted| accepted.map(meshpilot_xds::ReadAhead::new)),
+        None,
+        service,
+        meshpilot_xds::Http2Settings::default(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
