@@ -370,15 +370,22 @@ pub async fn serve<S>(
             },
         };
         let peer = io.get_ref().peer_addr().ok();
-        let (ads, settings, shutdown) = (ads.clone(), settings.clone(), shutdown.clone());
+        let (ads, shutdown) = (ads.clone(), shutdown.clone());
         // Apart, so that a plaintext connection's task has no room for a TLS handshake.
         match &tls {
-            None => connections.spawn(serve_connection(io, peer, ads, settings, shutdown)),
+            None => {
+                let task = connection_task(io, peer, ads, &settings, shutdown);
+                connections.spawn(serve_connection(task, peer))
+            }
             Some(tls) => {
                 let handshake = tls.accept(io);
+                let settings = settings.clone();
                 connections.spawn(async move {
                     match tokio::time::timeout(settings.tls_handshake_timeout, handshake).await {
-                        Ok(Ok(io)) => serve_connection(io, peer, ads, settings, shutdown).await,
+                        Ok(Ok(io)) => {
+                            let task = connection_task(io, peer, ads, &settings, shutdown);
+                            serve_connection(task, peer).await
+                        }
                         Ok(Err(error)) => tracing::debug!(?peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
                     }
@@ -390,13 +397,22 @@ pub async fn serve<S>(
     connections.wait().await;
 }
 
-async fn serve_connection<IO>(
+type Http2Connection<IO> = hyper::server::conn::http2::Connection<
+    hyper_util::rt::TokioIo<IO>,
+    ConnectionService,
+    StreamSpawner,
+>;
+
+/// The task serving one connection. Built outside any future: a connection held in a
+/// future's state across its first await would take its room in every connection's task.
+fn connection_task<IO>(
     io: IO,
     peer: Option<SocketAddr>,
     ads: AdsService,
-    settings: Http2Settings,
+    settings: &Http2Settings,
     shutdown: CancellationToken,
-) where
+) -> ConnectionTask<Http2Connection<IO>>
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let spawner = StreamSpawner::default();
@@ -423,7 +439,15 @@ async fn serve_connection<IO>(
             None => shutdown.cancelled().await,
         }
     };
-    match ConnectionTask::new(connection, spawner, close, settings.close_grace).await {
+    ConnectionTask::new(connection, spawner, close, settings.close_grace)
+}
+
+/// Serves one connection until it closes.
+async fn serve_connection<IO>(task: ConnectionTask<Http2Connection<IO>>, peer: Option<SocketAddr>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match task.await {
         Some(Ok(())) => {}
         Some(Err(error)) => tracing::debug!(?peer, %error, "connection ended"),
         None => tracing::debug!(?peer, "connection closed by force after its grace period"),

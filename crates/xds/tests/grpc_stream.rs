@@ -38,7 +38,12 @@ async fn start(ready: bool) -> Harness {
 }
 
 async fn start_with_throttle(ready: bool, push_throttle: usize) -> Harness {
-    start_with(ready, push_throttle, meshpilot_xds::Http2Settings::default()).await
+    start_with(
+        ready,
+        push_throttle,
+        meshpilot_xds::Http2Settings::default(),
+    )
+    .await
 }
 
 async fn start_with(
