@@ -1,5 +1,5 @@
 //! One proxy's ADS stream as a state machine with no I/O: requests and snapshot changes go in,
-//! responses come out. The tonic service only moves messages between the stream and this.
+//! responses come out. The ADS service only moves messages between the stream and this.
 //!
 //! Rules (xDS protocol, as istiod applies them):
 //! - per type, a response carries a nonce; a request echoing it ACKs (or, with

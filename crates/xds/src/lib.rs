@@ -3,8 +3,9 @@
 //! Place in the flow: the binary debounces index changes with [`Debouncer`] and hands each new
 //! snapshot to the [`Publisher`]; every proxy stream is a [`Connection`] state machine (no I/O)
 //! that turns requests and published snapshots into responses, drawing resources from the shared
-//! [`ResourceCache`]; [`AdsService`] only wires tonic streams to connections and records each
-//! one in the [`ConnectionRegistry`] the debug endpoints read; [`XdsMetrics`] is `/metrics`.
+//! [`ResourceCache`]; [`AdsService`] only wires gRPC streams to connections and records each
+//! one in the [`ConnectionRegistry`] the debug endpoints read; [`serve`] runs the xDS ports,
+//! each HTTP/2 connection and its streams one task; [`XdsMetrics`] is `/metrics`.
 
 mod connection;
 mod delta_request;
@@ -38,5 +39,5 @@ pub use resources::{
 };
 pub use response::{DeltaResponse, SotwResponse};
 pub use server::{AdsService, DEFAULT_PUSH_THROTTLE};
-pub use transport::{ConnectionTask, GracefulShutdown, Http2Settings, StreamSpawner, serve};
+pub use transport::{Http2Settings, serve};
 pub use types::{ByTypeUrl, ResourceType, TypeSet, affected_types};

@@ -33,7 +33,7 @@ type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// hyper's executor for one connection: the futures it would spawn (one per stream) are kept
 /// for the connection's task to poll.
 #[derive(Clone, Default)]
-pub struct StreamSpawner {
+pub(crate) struct StreamSpawner {
     spawned: Arc<Mutex<Vec<StreamFuture>>>,
 }
 
@@ -56,7 +56,7 @@ where
 }
 
 /// A connection that can be asked to finish its streams and close (hyper's sends GOAWAY).
-pub trait GracefulShutdown {
+pub(crate) trait GracefulShutdown {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
@@ -159,7 +159,7 @@ enum Closing {
 }
 
 /// A connection and the streams it accepted, polled as one task (see the module).
-pub struct ConnectionTask<C: Future> {
+pub(crate) struct ConnectionTask<C: Future> {
     connection: Option<Pin<Box<C>>>,
     outcome: Option<C::Output>,
     spawner: StreamSpawner,
@@ -363,7 +363,7 @@ pub async fn serve<S>(
             io = incoming.next() => match io {
                 Some(Ok(io)) => io,
                 Some(Err(error)) => {
-                    tracing::debug!(%error, "accepting a connection");
+                    accept_failed(&error).await;
                     continue;
                 }
                 None => break,
@@ -396,6 +396,24 @@ pub async fn serve<S>(
     connections.close();
     connections.wait().await;
 }
+
+/// A failed accept: one connection's trouble (reset before it was accepted) is skipped; any
+/// other (out of file descriptors, or memory) would fail again at once, so the loop pauses.
+async fn accept_failed(error: &std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+    ) {
+        tracing::debug!(%error, "accepting a connection");
+        return;
+    }
+    tracing::warn!(%error, "accepting connections; pausing for {ACCEPT_PAUSE:?}");
+    tokio::time::sleep(ACCEPT_PAUSE).await;
+}
+
+/// How long accepting pauses after an error that is not one connection's.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 type Http2Connection<IO> = hyper::server::conn::http2::Connection<
     hyper_util::rt::TokioIo<IO>,
@@ -651,6 +669,21 @@ mod tests {
             "not closed before the grace period is over"
         );
         assert_eq!(task.await.unwrap(), None, "closed by force");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accepting_pauses_after_errors_that_are_not_one_connections() {
+        use std::io::{Error, ErrorKind};
+        let started = tokio::time::Instant::now();
+        accept_failed(&Error::from(ErrorKind::ConnectionReset)).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "a reset connection is skipped"
+        );
+        // EMFILE: the process is out of file descriptors.
+        accept_failed(&Error::from_raw_os_error(24)).await;
+        assert_eq!(started.elapsed(), ACCEPT_PAUSE);
     }
 
     #[tokio::test(start_paused = true)]
