@@ -612,38 +612,23 @@ mod tests {
         let counter = Arc::new(CountingWaker::default());
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut task).poll(&mut cx).is_pending());
-        assert_eq!(
-            (
-                connection_polls.load(Ordering::SeqCst),
-                stream_polls.load(Ordering::SeqCst)
-            ),
-            (1, 1)
-        );
+        // Polls the task once; how often the connection and the stream have been polled.
+        let mut poll = || {
+            assert!(Pin::new(&mut task).poll(&mut cx).is_pending());
+            let polls = |count: &AtomicUsize| count.load(Ordering::SeqCst);
+            (polls(&connection_polls), polls(&stream_polls))
+        };
+        assert_eq!(poll(), (1, 1));
 
         // The stream is woken (the connection delivered to it): only the stream is polled.
         stream_waker.lock().unwrap().take().unwrap().wake();
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
-        assert!(Pin::new(&mut task).poll(&mut cx).is_pending());
-        assert_eq!(
-            (
-                connection_polls.load(Ordering::SeqCst),
-                stream_polls.load(Ordering::SeqCst)
-            ),
-            (1, 2)
-        );
+        assert_eq!(poll(), (1, 2));
 
         // The connection is woken (its socket): only the connection is polled.
         parked.lock().unwrap().take().unwrap().wake();
         assert_eq!(counter.0.load(Ordering::SeqCst), 2);
-        assert!(Pin::new(&mut task).poll(&mut cx).is_pending());
-        assert_eq!(
-            (
-                connection_polls.load(Ordering::SeqCst),
-                stream_polls.load(Ordering::SeqCst)
-            ),
-            (2, 2)
-        );
+        assert_eq!(poll(), (2, 2));
     }
 
     #[tokio::test(start_paused = true)]
