@@ -200,4 +200,29 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn server_config_takes_a_client_ca_and_names_what_is_wrong() {
+        let dir = std::env::temp_dir().join(format!("meshpilot-tls-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut credentials = load_or_generate(&dir, &["localhost".to_string()]).unwrap();
+        let root = std::fs::read_to_string(&credentials.root_cert_path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let config = server_config(&credentials, b"h2").unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
+
+        credentials.client_ca_pem = Some(root);
+        assert!(server_config(&credentials, b"h2").is_ok());
+
+        credentials.client_ca_pem = Some("not a certificate".into());
+        let error = server_config(&credentials, b"h2").unwrap_err().to_string();
+        assert!(error.starts_with("client CA: "), "{error}");
+
+        credentials.client_ca_pem = None;
+        credentials.key_pem =
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();
+        let error = server_config(&credentials, b"h2").unwrap_err().to_string();
+        assert!(error.contains("serving"), "{error}");
+    }
 }
